@@ -1,0 +1,112 @@
+"""``sat-seg infer``: masks (``OUT/<stem>.png``) and ``OUT/detections.json`` for image files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+import sys
+
+import numpy as np
+
+from sat_seg_ros.config import atomic_write_text
+from sat_seg_ros.imageio import expand_inputs, ImageReadError, read_image, write_png
+
+HELP = 'segment image files or folders into 0/255 masks and detections.json'
+LOG = logging.getLogger('sat_seg_ros.infer')
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs the Segmenter."""
+    parser.add_argument('--model', default=None,
+                        help='SamModel folder (config.json, model.safetensors, sat_seg.json); '
+                             'default: the bundled model')
+    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime', 'tensorrt'),
+                        help='inference runtime (default: torch)')
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--size', type=int, default=None, dest='model_size',
+                        help="model size the frame is resized to (512, 1024, 2048, ...; "
+                             "default: the model's sat_seg.json, else 512)")
+    parser.add_argument('--threshold', type=float, default=None,
+                        help="probability threshold (default: the model's, else 0.65)")
+    parser.add_argument('--min-area', type=int, default=None, dest='min_area_px',
+                        help='ignore components smaller than this many pixels')
+    parser.add_argument('--tile-overlap', type=int, default=None, dest='tile_overlap',
+                        help='overlap of neighbouring tiles in pixels (blended)')
+    parser.add_argument('--batch-size', type=int, default=None, dest='batch_size',
+                        help='tiles per backend call')
+    parser.add_argument('--prompt', default=None, dest='prompt_mode',
+                        choices=('grid', 'box', 'none'), help="prompt mode (default: the model's)")
+
+
+def segmenter_from_args(args: argparse.Namespace):
+    """Build the Segmenter described by add_segmenter_arguments' options."""
+    from sat_seg_ros.segmenter import Segmenter
+
+    overrides = {name: getattr(args, name) for name in
+                 ('model_size', 'threshold', 'min_area_px', 'tile_overlap', 'batch_size',
+                  'prompt_mode')}
+    return Segmenter.from_model(args.model, backend=args.backend, device=args.device,
+                                **overrides)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``sat-seg infer`` options."""
+    add_segmenter_arguments(parser)
+    parser.add_argument('--out', required=True, type=Path, help='output folder')
+    parser.add_argument('--overlay', action='store_true',
+                        help='also write OUT/<stem>_overlay.png (input with the mask tinted)')
+    parser.add_argument('inputs', nargs='+', help='image files or folders')
+
+
+def output_stems(files):
+    """Map each file to a unique output stem: its own stem, or stem-2, stem-3... on a clash."""
+    seen = {}
+    stems = []
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else '%s-%d' % (path.stem, count))
+    return stems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment every input; bad inputs are reported by name and make the exit code 1."""
+    from sat_seg_ros.postprocess import overlay
+
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise FileNotFoundError('no image files found in %s' % ' '.join(args.inputs))
+    segmenter = segmenter_from_args(args)
+    LOG.info('model %s, size %d, threshold %.3f', segmenter.backend.describe(),
+             segmenter.config.model_size, segmenter.config.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    failed = []
+    latencies = []
+    for path, stem in zip(files, output_stems(files)):
+        try:
+            image = read_image(path)
+            result = segmenter.segment(image)
+        except ImageReadError as error:
+            failed.append(str(path))
+            print('sat-seg infer: skipped %s' % error, file=sys.stderr)
+            continue
+        except ValueError as error:
+            failed.append(str(path))
+            print('sat-seg infer: skipped %s: %s' % (path, error), file=sys.stderr)
+            continue
+        latencies.append(result.timings['total'])
+        write_png(args.out / (stem + '.png'), result.mask.astype(np.uint8) * 255)
+        if args.overlay:
+            write_png(args.out / (stem + '_overlay.png'), overlay(image, result.mask))
+        key = path.name if stem == path.stem else str(path)
+        report[key] = {'detected': result.detected,
+                       'detections': [d.to_dict() for d in result.detections]}
+    atomic_write_text(args.out / 'detections.json', json.dumps(report, indent=2) + '\n')
+    detected = sum(entry['detected'] for entry in report.values())
+    median = 1000.0 * float(np.median(latencies)) if latencies else float('nan')
+    print('%d image(s) segmented, %d with a satellite, %d skipped; median %.1f ms per image; '
+          'masks in %s' % (len(report), detected, len(failed), median, args.out))
+    return 1 if failed else 0

@@ -1,0 +1,154 @@
+"""Typed configuration of the Segmenter and the model directory's ``sat_seg.json`` (no ROS import)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+import tempfile
+from typing import Any, Dict, Optional
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'models' / 'default'
+DEFAULT_THRESHOLD = 0.65
+MODEL_INFO_FILE = 'sat_seg.json'
+PROMPT_MODES = ('grid', 'box', 'none')
+
+#: Values used when a model directory has no ``sat_seg.json`` or leaves a key out.
+MODEL_INFO_DEFAULTS: Dict[str, Any] = {
+    'model_size': 512,
+    'tile_size': 256,
+    'tile_overlap': 0,
+    'prompt_mode': 'grid',
+    'grid_points': 4,
+    'threshold': DEFAULT_THRESHOLD,
+    'min_area_px': 16,
+}
+
+
+@dataclasses.dataclass
+class SegmenterConfig:
+    """How a frame is cut, run and turned into a mask.
+
+    ``None`` for ``threshold``, ``prompt_mode`` or ``grid_points`` means "take the model's
+    ``sat_seg.json`` value, else the package default".
+    """
+
+    model_size: int = 512
+    tile_size: int = 256
+    tile_overlap: int = 0
+    batch_size: int = 16
+    threshold: Optional[float] = None
+    min_area_px: int = 16
+    prompt_mode: Optional[str] = None
+    grid_points: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and the values it accepts."""
+        _check_int(self, 'tile_size', minimum=16)
+        _check_int(self, 'model_size', minimum=self.tile_size)
+        _check_int(self, 'tile_overlap', minimum=0)
+        if self.tile_overlap >= self.tile_size // 2:
+            raise ValueError(
+                'tile_overlap=%d must be smaller than half of tile_size=%d'
+                % (self.tile_overlap, self.tile_size))
+        _check_int(self, 'batch_size', minimum=1)
+        _check_int(self, 'min_area_px', minimum=0)
+        if self.threshold is not None:
+            check_threshold(self.threshold)
+        if self.prompt_mode is not None and self.prompt_mode not in PROMPT_MODES:
+            raise ValueError('prompt_mode=%r is not one of %s' % (self.prompt_mode, PROMPT_MODES))
+        if self.grid_points is not None:
+            _check_int(self, 'grid_points', minimum=1)
+
+    def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
+        """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
+        filled = dataclasses.replace(self)
+        for name in ('threshold', 'prompt_mode', 'grid_points'):
+            if getattr(filled, name) is None:
+                setattr(filled, name, model_info.get(name, MODEL_INFO_DEFAULTS[name]))
+        filled.validate()
+        return filled
+
+
+def check_threshold(value: float) -> float:
+    """Return ``value`` as float if it is a probability strictly inside (0, 1), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError('threshold=%r must be a number strictly between 0 and 1' % (value,))
+    return float(value)
+
+
+def _check_int(config: SegmenterConfig, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError('%s=%r must be an integer >= %d' % (name, value, minimum))
+
+
+def load_model_info(model_dir: os.PathLike | str) -> Dict[str, Any]:
+    """Return the model directory's ``sat_seg.json`` merged over MODEL_INFO_DEFAULTS.
+
+    The file is optional; a file that is present but not a JSON object raises ValueError.
+    """
+    info = dict(MODEL_INFO_DEFAULTS)
+    path = Path(model_dir) / MODEL_INFO_FILE
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError('%s is not valid JSON: %s' % (path, error)) from None
+        if not isinstance(loaded, dict):
+            raise ValueError('%s must hold a JSON object, not %s' % (path, type(loaded).__name__))
+        info.update(loaded)
+    return info
+
+
+def write_model_info(model_dir: os.PathLike | str, info: Dict[str, Any]) -> Path:
+    """Write ``info`` as the model directory's ``sat_seg.json`` atomically; return its path."""
+    path = Path(model_dir) / MODEL_INFO_FILE
+    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + '\n')
+    return path
+
+
+def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix='.' + path.name + '.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(handle, 'wb') as stream:
+            stream.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+def resolve_model_dir(model_dir: Optional[os.PathLike | str]) -> Path:
+    """Return the model folder to use: ``model_dir``, or the bundled default when it is None/empty.
+
+    Raises FileNotFoundError with the fix when the folder or its ``config.json`` is missing.
+    """
+    if model_dir in (None, ''):
+        path = DEFAULT_MODEL_DIR
+        if not (path / 'config.json').is_file():
+            raise FileNotFoundError(
+                'no model given and the bundled default model is missing at %s; pass --model DIR '
+                '(a SamModel folder with config.json) or restore the bundled model' % path)
+        return path
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError('model folder %s does not exist' % path)
+    if not (path / 'config.json').is_file():
+        raise FileNotFoundError(
+            'model folder %s has no config.json: it must hold Hugging Face SamModel files '
+            '(config.json + model.safetensors), e.g. a local copy of facebook/sam-vit-base' % path)
+    return path

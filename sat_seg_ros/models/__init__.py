@@ -1,0 +1,1 @@
+"""Bundled models (``default/`` is the model used when none is given)."""

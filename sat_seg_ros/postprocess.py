@@ -1,0 +1,67 @@
+"""Probability map -> mask, connected components -> detections, and overlays (pure numpy + cv2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+
+from sat_seg_ros.tiling import to_float_rgb
+
+
+@dataclasses.dataclass
+class Detection:
+    """One connected component of the mask.
+
+    ``bbox_xyxy`` is (x0, y0, x1, y1) in pixels with x1/y1 exclusive; ``score`` is the highest
+    probability inside the component; ``area_px`` its pixel count.
+    """
+
+    bbox_xyxy: Tuple[int, int, int, int]
+    score: float
+    area_px: int
+
+    def to_dict(self) -> Dict[str, object]:
+        """Return the JSON form used by ``detections.json``."""
+        return {'bbox_xyxy': [int(v) for v in self.bbox_xyxy],
+                'score': round(float(self.score), 6),
+                'area_px': int(self.area_px)}
+
+
+def find_detections(probability: np.ndarray, mask: np.ndarray,
+                    min_area_px: int) -> Tuple[List[Detection], np.ndarray]:
+    """Return the mask's components of at least ``min_area_px`` pixels, best first, and the mask.
+
+    The returned mask keeps only those components (HxW bool), so the published mask and the
+    detections always agree.
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return [], np.zeros(mask.shape, bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= max(1, min_area_px)) + 1
+    if keep.size == 0:
+        return [], np.zeros(mask.shape, bool)
+    # Highest probability per label in one pass over the (few) mask pixels.
+    inside = labels > 0
+    peak = np.zeros(count, np.float32)
+    np.maximum.at(peak, labels[inside], probability[inside])
+    detections = []
+    for label in keep:
+        x, y, w, h, area = stats[label]
+        detections.append(Detection((int(x), int(y), int(x + w), int(y + h)),
+                                    float(peak[label]), int(area)))
+    detections.sort(key=lambda d: (-d.score, -d.area_px))
+    kept_mask = mask if keep.size == count - 1 else np.isin(labels, keep)
+    return detections, kept_mask
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color: Tuple[int, int, int] = (255, 0, 0),
+            alpha: float = 0.5) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB picture of ``image`` with ``mask`` tinted in ``color``."""
+    picture = to_float_rgb(image)
+    tint = np.asarray(color, np.float32)
+    picture[mask] = (1.0 - alpha) * picture[mask] + alpha * tint
+    return np.clip(picture + 0.5, 0, 255).astype(np.uint8)

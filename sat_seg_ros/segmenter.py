@@ -1,0 +1,135 @@
+"""The report's inference recipe on numpy frames: resize, tile, SAM, stitch, threshold, components.
+
+One implementation serves the ROS node, ``sat-seg infer``, evaluation, the rosbag tools and
+training-time validation. No ROS import here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from sat_seg_ros.backends import Backend, create_backend
+from sat_seg_ros.config import (check_threshold, load_model_info, resolve_model_dir,
+                                SegmenterConfig)
+from sat_seg_ros.postprocess import Detection, find_detections
+from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_rgb
+
+
+@dataclasses.dataclass
+class Result:
+    """Segmentation of one frame, at the frame's own height and width.
+
+    ``probability`` is HxW float32 in [0, 1]; ``mask`` HxW bool (components below
+    ``min_area_px`` removed); ``timings`` seconds per stage.
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    detections: List[Detection]
+    detected: bool
+    timings: Dict[str, float]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically safe logistic function, float32."""
+    return (0.5 * (np.tanh(0.5 * logits.astype(np.float32)) + 1.0)).astype(np.float32)
+
+
+class Segmenter:
+    """Segments satellites in frames of any size with a tiled SAM backend."""
+
+    def __init__(self, backend: Backend, config: SegmenterConfig,
+                 model_info: Optional[dict] = None) -> None:
+        self.backend = backend
+        self.model_info = dict(model_info or {})
+        self.config = config.resolved(self.model_info)
+        size = self.config.model_size
+        self.grid = TileGrid(size, size, self.config.tile_size, self.config.tile_overlap)
+
+    @classmethod
+    def from_model(cls, model_dir: Optional[os.PathLike | str] = None, backend: str = 'torch',
+                   device: str = 'cpu', backend_options: Optional[dict] = None,
+                   **overrides) -> 'Segmenter':
+        """Load ``model_dir`` (None: the bundled default) with ``backend``.
+
+        ``overrides`` are SegmenterConfig fields; fields not given come from the model's
+        ``sat_seg.json``, then from the package defaults.
+        """
+        model_dir = resolve_model_dir(model_dir)
+        info = load_model_info(model_dir)
+        fields = {field.name for field in dataclasses.fields(SegmenterConfig)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError('unknown Segmenter setting(s) %s; known: %s'
+                             % (unknown, sorted(fields)))
+        values = {name: info[name] for name in fields if name in info}
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        config = SegmenterConfig(**values).resolved(info)
+        runtime = create_backend(backend, model_dir, device=device,
+                                 prompt_mode=config.prompt_mode, grid_points=config.grid_points,
+                                 **(backend_options or {}))
+        return cls(runtime, config, info)
+
+    def set_threshold(self, value: float) -> None:
+        """Change the probability threshold (strictly between 0 and 1)."""
+        self.config.threshold = check_threshold(value)
+
+    def set_min_area(self, value: int) -> None:
+        """Change the smallest component area, in pixels of the input frame (>= 0)."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError('min_area_px=%r must be an integer >= 0' % (value,))
+        self.config.min_area_px = value
+
+    def model_tiles(self, image: np.ndarray) -> np.ndarray:
+        """Return the frame's RGB tiles (N, t, t, 3) float32 at the model size, 0..255."""
+        check_frame(image)
+        size = self.config.model_size
+        pixels = to_float_pixels(image)
+        if pixels.ndim == 3 and pixels.shape[2] == 4:
+            pixels = pixels[:, :, :3]
+        # Resize before replicating gray to three channels: a third of the work.
+        return self.grid.cut(to_rgb(resize(pixels, size, size)))
+
+    def tile_logits(self, tiles: np.ndarray) -> np.ndarray:
+        """Run every tile through the backend in batches of ``batch_size``: (N, t, t) logits."""
+        step = self.config.batch_size
+        return np.concatenate([self.backend.predict(tiles[start:start + step])
+                               for start in range(0, len(tiles), step)])
+
+    def probability(self, image: np.ndarray, timings: Optional[Dict[str, float]] = None
+                    ) -> np.ndarray:
+        """Return the HxW float32 satellite probability of ``image`` (any supported frame)."""
+        timings = {} if timings is None else timings
+        start = time.perf_counter()
+        tiles = self.model_tiles(image)
+        tiled = time.perf_counter()
+        logits = self.tile_logits(tiles)
+        inferred = time.perf_counter()
+        stitched = self.grid.stitch(sigmoid(logits))
+        height, width = image.shape[:2]
+        probability = resize(stitched, height, width, interpolation=cv2.INTER_LINEAR)
+        timings['preprocess'] = tiled - start
+        timings['model'] = inferred - tiled
+        timings['stitch'] = time.perf_counter() - inferred
+        return probability
+
+    def segment(self, image: np.ndarray) -> Result:
+        """Segment one frame: HxW or HxWx{1,3,4}, uint8 / uint16 / bool / float in [0, 1]."""
+        timings: Dict[str, float] = {}
+        probability = self.probability(image, timings)
+        start = time.perf_counter()
+        detections, mask = find_detections(probability, probability > self.config.threshold,
+                                           self.config.min_area_px)
+        timings['postprocess'] = time.perf_counter() - start
+        timings['total'] = sum(timings.values())
+        return Result(probability, mask, detections, bool(detections), timings)
+
+    def close(self) -> None:
+        """Release the backend's resources."""
+        self.backend.close()

@@ -1,0 +1,57 @@
+"""Install sat_seg_ros with pip or colcon (ament_python)."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'sat_seg_ros'
+
+EXTRAS = {
+    'cv': ['opencv-python-headless>=4.5'],
+    'torch': ['torch>=2.1', 'transformers>=5.0,<6', 'safetensors'],
+    'onnx': ['onnxruntime>=1.10'],
+    'export': ['onnx>=1.12'],
+    'train': ['monai>=1.3', 'accelerate>=0.30', 'matplotlib', 'tqdm', 'scipy'],
+    'bags': ['rosbags>=0.10'],
+    'test': ['pytest', 'pytest-timeout', 'hypothesis', 'flake8', 'pydocstyle'],
+}
+EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+
+
+def data_files():
+    """ROS install layout: package index marker, package.xml, launch, config and data files."""
+    files = [
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+    ]
+    for folder in ('launch', 'config'):
+        matches = sorted(p for p in glob(folder + '/*') if os.path.isfile(p))
+        if matches:
+            files.append((os.path.join('share', PACKAGE, folder), matches))
+    return files
+
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    package_data={PACKAGE: ['models/default/*', 'data/*', 'data/**/*']},
+    include_package_data=True,
+    data_files=data_files(),
+    install_requires=['setuptools', 'numpy', 'pyyaml'],
+    extras_require=EXTRAS,
+    python_requires='>=3.8',
+    zip_safe=False,
+    maintainer='sat_seg_ros developers',
+    maintainer_email='sat-seg-ros@users.noreply.github.com',
+    description='ROS 2 satellite segmentation in aerial images with a fine-tuned SAM',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'sat-seg = sat_seg_ros.cli:main',
+            'sat_seg_node = sat_seg_ros.node:main',
+        ],
+    },
+)
