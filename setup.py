@@ -14,7 +14,9 @@ EXTRAS = {
     'export': ['onnx>=1.12'],
     'train': ['monai>=1.3', 'accelerate>=0.30', 'matplotlib', 'tqdm', 'scipy'],
     'bags': ['rosbags>=0.10'],
-    'test': ['pytest', 'pytest-timeout', 'hypothesis', 'flake8', 'pydocstyle'],
+    'test': ['pytest', 'pytest-timeout', 'hypothesis', 'flake8', 'flake8-quotes',
+             'flake8-import-order', 'flake8-builtins', 'flake8-comprehensions',
+             'flake8-docstrings', 'pydocstyle'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 

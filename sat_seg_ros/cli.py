@@ -23,7 +23,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'patches': ('patches', 'cut multi-scale 256 px training patches from a dataset'),
     'split': ('split', 'split a dataset into train / val / test by image'),
     'train': ('train', 'fine-tune a SamModel on a patch set'),
-    'calibrate': ('calibrate', "choose the threshold on validation and store it in sat_seg.json"),
+    'calibrate': ('calibrate', 'choose the threshold on validation and store it in sat_seg.json'),
     'export': ('export', 'export a model to ONNX for onnxruntime / TensorRT'),
     'build-engine': ('build_engine', 'build a TensorRT engine from an exported ONNX graph'),
     'bag': ('bag', 'rosbag2 tools: make a camera bag, run the segmenter offline, play a bag'),

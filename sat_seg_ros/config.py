@@ -1,4 +1,4 @@
-"""Typed configuration of the Segmenter and the model directory's ``sat_seg.json`` (no ROS import)."""
+"""Typed Segmenter configuration and the model folder's ``sat_seg.json`` (no ROS import)."""
 
 from __future__ import annotations
 

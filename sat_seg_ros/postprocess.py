@@ -37,7 +37,8 @@ def find_detections(probability: np.ndarray, mask: np.ndarray,
     The returned mask keeps only those components (HxW bool), so the published mask and the
     detections always agree.
     """
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
     if count <= 1:
         return [], np.zeros(mask.shape, bool)
     areas = stats[1:, cv2.CC_STAT_AREA]

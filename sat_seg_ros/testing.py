@@ -29,7 +29,7 @@ def tiny_sam_config(image_size: int = 256, patch_size: int = 16, hidden_size: in
 
 def make_tiny_model(model_dir: os.PathLike | str, image_size: int = 256, seed: int = 0,
                     info: Optional[dict] = None, **config_kwargs) -> Path:
-    """Write a randomly initialised small SamModel (+ optional ``sat_seg.json``) to ``model_dir``."""
+    """Write a randomly initialised small SamModel (+ ``sat_seg.json`` if given) to a folder."""
     import torch
     from transformers import SamModel
 
@@ -37,6 +37,12 @@ def make_tiny_model(model_dir: os.PathLike | str, image_size: int = 256, seed: i
 
     torch.manual_seed(seed)
     model = SamModel(tiny_sam_config(image_size=image_size, **config_kwargs)).eval()
+    # transformers initialises with std 0.02, which makes an untrained SAM's logits ~1e-5:
+    # PyTorch's fan-in initialisation gives logits of order one, so comparisons mean something.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.reset_parameters()
     path = Path(model_dir)
     model.save_pretrained(path)
     if info is not None:

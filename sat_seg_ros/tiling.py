@@ -57,7 +57,7 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def resize(image: np.ndarray, height: int, width: int, interpolation: int = None) -> np.ndarray:
-    """Resize HxW or HxWxC to (height, width); area averaging when shrinking, bilinear otherwise."""
+    """Resize HxW or HxWxC to (height, width): area averaging to shrink, else bilinear."""
     if image.shape[0] == height and image.shape[1] == width:
         return image
     if interpolation is None:

@@ -62,7 +62,7 @@ class Backend:
             self.prompt_mode)
 
     def close(self) -> None:
-        """Release the runtime's resources (GPU memory, sessions); the backend is unusable after."""
+        """Release the runtime's resources (GPU memory, sessions); unusable afterwards."""
 
 
 def create_backend(name: str, model_dir: os.PathLike | str, device: str = 'cpu',
@@ -82,7 +82,7 @@ def create_backend(name: str, model_dir: os.PathLike | str, device: str = 'cpu',
 
 
 def preprocess_tiles(tiles: np.ndarray, input_size: int) -> np.ndarray:
-    """Resize RGB tiles (N, t, t, 3; 0..255) to the model input and normalise: (N, 3, S, S) float32.
+    """Resize RGB tiles (N, t, t, 3; 0..255) to the model input, normalise: (N, 3, S, S) float32.
 
     Matches SamProcessor (bilinear resize, ImageNet mean/std); a tile already at the model's
     input size is only normalised.

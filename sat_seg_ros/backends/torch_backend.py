@@ -30,7 +30,8 @@ class SamTilePredictor(nn.Module):
         prompt = {key: None if value is None else torch.from_numpy(value)
                   for key, value in prompt_arrays(prompt_mode, input_size, grid_points).items()}
         device = next(sam.parameters()).device
-        prompt = {key: None if value is None else value.to(device) for key, value in prompt.items()}
+        prompt = {key: None if value is None else value.to(device)
+                  for key, value in prompt.items()}
         with torch.no_grad():
             sparse, dense = sam.prompt_encoder(input_masks=None, **prompt)
             position = sam.get_image_wide_positional_embeddings()
@@ -88,6 +89,7 @@ class TorchBackend(Backend):
         sam = SamModel.from_pretrained(model_dir).eval().to(self.device)
         self.input_size = int(sam.config.vision_config.image_size)
         self.module = SamTilePredictor(sam, prompt_mode, grid_points).eval().to(dtype=self.dtype)
+        self.module.requires_grad_(False)
 
     def run_batch(self, pixel_values: np.ndarray) -> np.ndarray:
         """Return low-res logits (N, m, m) float32 for pre-processed tiles (N, 3, S, S)."""

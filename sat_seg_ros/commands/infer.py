@@ -26,7 +26,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help='inference runtime (default: torch)')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--size', type=int, default=None, dest='model_size',
-                        help="model size the frame is resized to (512, 1024, 2048, ...; "
+                        help='model size the frame is resized to (512, 1024, 2048, ...; '
                              "default: the model's sat_seg.json, else 512)")
     parser.add_argument('--threshold', type=float, default=None,
                         help="probability threshold (default: the model's, else 0.65)")

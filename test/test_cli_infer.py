@@ -1,0 +1,109 @@
+"""``sat-seg infer`` end to end in a subprocess: sizes, dtypes, bad inputs, outputs."""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+def sat_seg(*args, env=None):
+    return subprocess.run([sys.executable, '-m', 'sat_seg_ros.cli', *map(str, args)],
+                          capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('inputs')
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (512, 641), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (333, 222), dtype=np.uint16)
+    cv2.imwrite(str(folder / 'gray.png'), gray)
+    cv2.imwrite(str(folder / 'rgb.jpg'), rgb)
+    cv2.imwrite(str(folder / 'deep.png'), deep)
+    (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really')
+    (folder / 'notes.png').write_text('hello')
+    return folder
+
+
+def test_infer_keeps_sizes_and_writes_binary_masks(tiny_model_dir, inputs, tmp_path):
+    files = [inputs / 'gray.png', inputs / 'rgb.jpg', inputs / 'deep.png']
+    # threshold 0.5: a random-weight SAM's probabilities straddle it, so masks are not all empty
+    run = sat_seg('infer', '--model', tiny_model_dir, '--threshold', '0.5', '--min-area', '0',
+                  '--out', tmp_path / 'out', *files)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+    assert sorted(report) == ['deep.png', 'gray.png', 'rgb.jpg']
+    some_positive = False
+    for path in files:
+        source = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(tmp_path / 'out' / (path.stem + '.png')), cv2.IMREAD_UNCHANGED)
+        assert mask.dtype == np.uint8 and mask.shape == source.shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+        entry = report[path.name]
+        assert entry['detected'] == bool(entry['detections']) == bool(mask.any())
+        for detection in entry['detections']:
+            x0, y0, x1, y1 = detection['bbox_xyxy']
+            assert 0 <= x0 < x1 <= mask.shape[1] and 0 <= y0 < y1 <= mask.shape[0]
+            assert 0.5 < detection['score'] <= 1.0 and detection['area_px'] > 0
+        assert sum(d['area_px'] for d in entry['detections']) == (mask > 0).sum()
+        some_positive |= bool(mask.any())
+    assert some_positive
+    assert not [p for p in (tmp_path / 'out').iterdir() if p.name.endswith('.tmp')]
+
+
+def test_bad_inputs_are_named_and_skipped(tiny_model_dir, inputs, tmp_path):
+    run = sat_seg('infer', '--model', tiny_model_dir, '--out', tmp_path / 'out', inputs,
+                  inputs / 'missing.png')
+    assert run.returncode == 1
+    for name in ('broken.png', 'notes.png', 'missing.png'):
+        assert name in run.stderr
+    written = sorted(p.name for p in (tmp_path / 'out').iterdir())
+    assert written == ['deep.png', 'detections.json', 'gray.png', 'rgb.png']
+
+
+def test_missing_model_is_explained(tmp_path, inputs):
+    run = sat_seg('infer', '--model', tmp_path / 'nowhere', '--out', tmp_path / 'o',
+                  inputs / 'gray.png')
+    assert run.returncode == 2
+    assert 'model folder' in run.stderr and 'does not exist' in run.stderr
+    assert 'Traceback' not in run.stderr
+
+
+def test_same_stem_in_two_folders_does_not_overwrite(tiny_model_dir, inputs, tmp_path):
+    other = tmp_path / 'other'
+    other.mkdir()
+    cv2.imwrite(str(other / 'gray.png'), np.zeros((40, 50), np.uint8))
+    run = sat_seg('infer', '--model', tiny_model_dir, '--out', tmp_path / 'out',
+                  inputs / 'gray.png', other / 'gray.png')
+    assert run.returncode == 0, run.stderr
+    assert cv2.imread(str(tmp_path / 'out' / 'gray.png')).shape[:2] == (512, 641)
+    assert cv2.imread(str(tmp_path / 'out' / 'gray-2.png')).shape[:2] == (40, 50)
+
+
+def test_help_lists_every_command():
+    run = sat_seg('--help')
+    assert run.returncode == 0
+    for name in ('infer', 'evaluate', 'bench', 'synth', 'label', 'train', 'export', 'bag'):
+        assert name in run.stdout
+    assert sat_seg('frobnicate').returncode == 2
+
+
+def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from sat_seg_ros import config
+
+    target = tmp_path / 'mask.png'
+
+    def explode(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config.os, 'replace', explode)
+    with pytest.raises(KeyboardInterrupt):
+        config.atomic_write_bytes(target, b'data')
+    assert list(Path(tmp_path).iterdir()) == []

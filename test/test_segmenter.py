@@ -1,0 +1,166 @@
+"""The Segmenter: geometry end to end, configuration, and a real small SamModel."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sat_seg_ros.backends import Backend
+from sat_seg_ros.config import SegmenterConfig
+from sat_seg_ros.postprocess import find_detections
+from sat_seg_ros.segmenter import Segmenter
+
+
+class BrightnessBackend(Backend):
+    """A transparent stand-in for SAM that calls bright pixels satellite: logit = (v - 128) / 8.
+
+    It checks the geometry (resize, tiles, batches, stitch, resize back, components) with a known
+    answer; the real-model tests below check the same path with SAM.
+    """
+
+    name = 'brightness'
+
+    def __init__(self):
+        super().__init__('brightness-model')
+        self.input_size = 256
+        self.batches = []
+
+    def predict(self, tiles):
+        self.batches.append(len(tiles))
+        return (tiles.mean(axis=3) - 128.0) / 8.0
+
+
+def scene(height=512, width=641, box=(100, 200, 180, 300), value=250, dtype=np.uint8):
+    image = np.full((height, width), 30, np.float32)
+    y0, x0, y1, x1 = box
+    image[y0:y1, x0:x1] = value
+    if dtype == np.uint16:
+        return (image * 257).astype(np.uint16)
+    if dtype == np.float32:
+        return image / 255.0
+    return image.astype(dtype)
+
+
+@pytest.mark.parametrize('model_size, overlap', [(512, 0), (1024, 32), (2048, 0), (768, 64)])
+@pytest.mark.parametrize('dtype', [np.uint8, np.uint16, np.float32])
+def test_bright_square_is_found_where_it_is(model_size, overlap, dtype):
+    segmenter = Segmenter(BrightnessBackend(), SegmenterConfig(model_size=model_size,
+                                                               tile_overlap=overlap,
+                                                               batch_size=5))
+    result = segmenter.segment(scene(dtype=dtype))
+    assert result.probability.shape == result.mask.shape == (512, 641)
+    truth = np.zeros((512, 641), bool)
+    truth[100:180, 200:300] = True
+    iou = (result.mask & truth).sum() / (result.mask | truth).sum()
+    assert iou > 0.95
+    assert result.detected and len(result.detections) == 1
+    x0, y0, x1, y1 = result.detections[0].bbox_xyxy
+    assert abs(x0 - 200) <= 2 and abs(y0 - 100) <= 2 and abs(x1 - 300) <= 2 and abs(y1 - 180) <= 2
+    assert result.detections[0].score == pytest.approx(result.probability.max())
+    assert max(segmenter.backend.batches) <= 5  # every tile went through, in batches of 5
+    assert sum(segmenter.backend.batches) == len(segmenter.grid)
+
+
+def test_rgb_rgba_and_gray_agree():
+    gray = scene()
+    segmenter = Segmenter(BrightnessBackend(), SegmenterConfig())
+    masks = [segmenter.segment(image).mask for image in (
+        gray, np.dstack([gray] * 3), np.dstack([gray] * 3 + [np.zeros_like(gray)]))]
+    assert (masks[0] == masks[1]).all() and (masks[0] == masks[2]).all()
+
+
+def test_empty_scene_gives_no_detection():
+    result = Segmenter(BrightnessBackend(), SegmenterConfig()).segment(scene(value=30))
+    assert not result.detected and not result.mask.any() and result.detections == []
+
+
+def test_min_area_and_threshold_change_at_run_time():
+    segmenter = Segmenter(BrightnessBackend(), SegmenterConfig())
+    image = scene(box=(10, 10, 14, 14))  # a 4x4 px blob
+    assert segmenter.segment(image).detected
+    segmenter.set_min_area(50)
+    result = segmenter.segment(image)
+    assert not result.detected and not result.mask.any()  # the mask agrees with the detections
+    segmenter.set_min_area(0)
+    segmenter.set_threshold(0.999)
+    assert not segmenter.segment(scene(value=140)).detected
+    with pytest.raises(ValueError, match='threshold'):
+        segmenter.set_threshold(1.0)
+    with pytest.raises(ValueError, match='min_area_px'):
+        segmenter.set_min_area(-1)
+
+
+@pytest.mark.parametrize('kwargs, field', [
+    ({'tile_size': 0}, 'tile_size'), ({'model_size': 100}, 'model_size'),
+    ({'threshold': 1.5}, 'threshold'), ({'prompt_mode': 'points'}, 'prompt_mode'),
+    ({'tile_overlap': 200}, 'tile_overlap'), ({'batch_size': 0}, 'batch_size')])
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SegmenterConfig(**kwargs)
+
+
+def test_detections_are_sorted_and_match_the_mask():
+    probability = np.zeros((50, 60), np.float32)
+    probability[5:10, 5:10] = 0.7
+    probability[20:40, 20:50] = 0.9
+    probability[45:46, 0:2] = 0.99  # 2 px: below min area
+    detections, mask = find_detections(probability, probability > 0.5, min_area_px=4)
+    assert [d.score for d in detections] == pytest.approx([0.9, 0.7])
+    assert detections[0].bbox_xyxy == (20, 20, 50, 40) and detections[0].area_px == 600
+    assert mask.sum() == 625 and not mask[45, 0]
+
+
+# ---- a real (small, random-weight) SamModel through the whole path -------------------------
+
+def test_real_model_every_input_kind(tiny_model_dir):
+    segmenter = Segmenter.from_model(tiny_model_dir)
+    assert segmenter.config.threshold == 0.65 and segmenter.config.prompt_mode == 'grid'
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (512, 641), dtype=np.uint8),
+              rng.integers(0, 256, (300, 200, 3), dtype=np.uint8),
+              rng.integers(0, 65536, (257, 999), dtype=np.uint16),
+              rng.random((64, 64)).astype(np.float32)]
+    for frame in frames:
+        result = segmenter.segment(frame)
+        assert result.probability.shape == result.mask.shape == frame.shape[:2]
+        assert result.probability.dtype == np.float32 and result.mask.dtype == bool
+        assert 0.0 <= result.probability.min() <= result.probability.max() <= 1.0
+        assert result.detected == bool(result.detections)
+        assert set(result.timings) >= {'preprocess', 'model', 'stitch', 'postprocess', 'total'}
+
+
+def test_real_model_batch_size_does_not_change_the_result(tiny_model_dir):
+    frame = np.random.default_rng(1).integers(0, 256, (512, 641), dtype=np.uint8)
+    one = Segmenter.from_model(tiny_model_dir, batch_size=1).segment(frame).probability
+    many = Segmenter.from_model(tiny_model_dir, batch_size=16).segment(frame).probability
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_model_info_is_used_and_overrides_win(tmp_path):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={'threshold': 0.4, 'prompt_mode': 'box',
+                                                 'model_size': 1024, 'min_area_px': 3})
+    segmenter = Segmenter.from_model(path)
+    assert (segmenter.config.threshold, segmenter.config.prompt_mode) == (0.4, 'box')
+    assert (segmenter.config.model_size, segmenter.config.min_area_px) == (1024, 3)
+    assert len(segmenter.grid) == 16
+    segmenter = Segmenter.from_model(path, threshold=0.7, model_size=512)
+    assert (segmenter.config.threshold, segmenter.config.model_size) == (0.7, 512)
+    with pytest.raises(ValueError, match='unknown Segmenter setting'):
+        Segmenter.from_model(path, treshold=0.5)
+
+
+def test_bad_model_folders_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        Segmenter.from_model(tmp_path / 'nope')
+    with pytest.raises(FileNotFoundError, match='no config.json'):
+        Segmenter.from_model(tmp_path)
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm')
+    (path / 'sat_seg.json').write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match='JSON object'):
+        Segmenter.from_model(path)
+    with pytest.raises(ValueError, match="backend='tensorflow'"):
+        Segmenter.from_model(make_tiny_model(tmp_path / 'm2'), backend='tensorflow')
