@@ -118,6 +118,7 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix='.' + path.name + '.', suffix='.tmp', dir=path.parent)
     try:
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide outputs from other users
         with os.fdopen(handle, 'wb') as stream:
             stream.write(data)
         os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Offline tools: data, labeling, patches, training, export. Never imported by the node."""

@@ -1,0 +1,113 @@
+"""`sat-seg synth`: layout, exact masks, determinism, size and contrast variety."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sat_seg_ros.cli import main
+from sat_seg_ros.training import dataset as ds
+from sat_seg_ros.training import synth
+
+
+@pytest.fixture(scope='module')
+def synth_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp('synth')
+    assert main(['synth', '--out', str(out), '--n', '40', '--seed', '5', '--neg-frac', '0.2',
+                 '--workers', '1', '--contact', '12']) == 0
+    return out
+
+
+def test_layout_grayscale_512x641_masks_agree_with_boxes(synth_set):
+    data = ds.load_dataset(synth_set)
+    assert len(data) == 40
+    negatives = [r for r in data if not r.positive]
+    assert len(negatives) == 8
+    for record in data:
+        image = record.read_image()
+        assert image.dtype == np.uint8 and image.shape == (512, 641)
+        assert (record.height, record.width) == (512, 641)
+        if record.positive:
+            mask = record.read_mask()
+            assert mask is not None and mask.shape == (512, 641)
+            assert ds.mask_bbox(mask) == tuple(int(v) for v in record.bbox_xywh)
+        else:
+            assert record.mask_path is None
+    assert (synth_set / 'contact_sheet.png').is_file()
+    coco = json.loads((synth_set / 'annotations.json').read_text())
+    assert coco['categories'] == [{'id': 1, 'name': 'satellite'}]
+    assert len(coco['annotations']) == 32
+    assert ds.validate_dataset(data) == []
+
+
+def test_one_satellite_per_positive_with_varied_polarity_and_terrain(synth_set):
+    coco = json.loads((synth_set / 'annotations.json').read_text())
+    sats = [im['synth']['satellite'] for im in coco['images'] if 'satellite' in im['synth']]
+    assert len(sats) == 32
+    assert {s['polarity'] for s in sats} == {'brighter', 'darker'}
+    terrains = {part for im in coco['images'] for part in im['synth']['terrain']}
+    assert len(terrains) >= 4
+
+
+def test_satellite_differs_from_ground_where_masked(synth_set):
+    # The pasted satellite changes the pixels it covers: mean |image - local ground| > 0.
+    for record in ds.load_dataset(synth_set):
+        if record.positive:
+            image = record.read_image().astype(float)
+            mask = record.read_mask()
+            x, y, w, h = (int(v) for v in record.bbox_xywh)
+            ring = np.zeros_like(mask)
+            ring[max(0, y - 6):y + h + 6, max(0, x - 6):x + w + 6] = True
+            ring &= ~mask
+            assert abs(image[mask].mean() - image[ring].mean()) > 1.0, record.file_name
+
+
+def test_deterministic_by_seed_and_index():
+    a = synth.make_sample(3, 7, True)
+    b = synth.make_sample(3, 7, True)
+    c = synth.make_sample(4, 7, True)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_worker_pool_gives_identical_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, 'POOL_MIN_IMAGES', 1)
+    single = synth.generate(tmp_path / 'one', 4, seed=2, workers=1, contact=0)
+    pooled = synth.generate(tmp_path / 'two', 4, seed=2, workers=2, contact=0)
+    assert (single['workers'], pooled['workers']) == (1, 2)
+    for name in sorted(p.name for p in (tmp_path / 'one' / 'images').iterdir()):
+        assert (tmp_path / 'one' / 'images' / name).read_bytes() == \
+            (tmp_path / 'two' / 'images' / name).read_bytes()
+
+
+def test_size_distribution_leans_to_mid_sizes():
+    rng = np.random.default_rng(0)
+    sizes = np.array([synth.sample_size(rng) for _ in range(5000)])
+    assert sizes.min() >= 10 and sizes.max() <= 256
+    assert 35 < np.median(sizes) < 80
+    assert (sizes < 16).mean() < 0.05 and (sizes > 200).mean() < 0.05
+
+
+def test_negative_fraction_and_argument_errors(tmp_path):
+    assert len(synth.negative_indices(10, 0.3, 0)) == 3
+    with pytest.raises(ValueError, match='neg_frac'):
+        synth.generate(tmp_path, 2, neg_frac=1.5)
+    with pytest.raises(ValueError, match='n=0'):
+        synth.generate(tmp_path, 0)
+
+
+def test_validate_dataset_reports_inconsistencies(tmp_path):
+    image = np.zeros((20, 30), np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 6:12] = True
+    with ds.DatasetWriter(tmp_path) as writer:
+        writer.add('good.png', image, None, mask)
+        writer.add('shifted.png', image, (0, 0, 6, 5), mask)
+        writer.add('outside.png', image, (25, 0, 10, 5))
+        writer.add('gone.png', image)
+    (tmp_path / 'images' / 'gone.png').unlink()
+    problems = ds.validate_dataset(ds.load_dataset(tmp_path))
+    assert len(problems) == 3
+    assert problems[0].startswith('shifted.png: bbox') and 'mask box [6, 5, 6, 5]' in problems[0]
+    assert problems[1].startswith('outside.png: bbox') and 'not inside' in problems[1]
+    assert problems[2].startswith('gone.png') and 'no such file' in problems[2]
