@@ -7,13 +7,16 @@ CUDA and TensorRT where the installed onnxruntime build has them (``device='cuda
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import List, Optional
 
 import numpy as np
 
 from sat_seg_ros.backends import Backend, INPUT_NAME, OUTPUT_NAME
-from sat_seg_ros.backends.engine_cache import find_onnx
+from sat_seg_ros.backends.engine_cache import file_sha256, find_onnx
+
+LOG = logging.getLogger(__name__)
 
 #: Providers tried for device 'cuda' / 'tensorrt', best first; CPU is always the fallback.
 GPU_PROVIDERS = {
@@ -27,7 +30,10 @@ def choose_providers(device: str, available: List[str]) -> List[str]:
 
     Raises ValueError naming what is installed when a GPU device has no GPU provider.
     """
-    kind = device.split(':')[0]
+    kind, _, index = device.partition(':')
+    if index and not index.isdigit():
+        raise ValueError("device=%r: the GPU index after ':' must be a number, e.g. 'cuda:0'"
+                         % (device,))
     if kind == 'cpu':
         return ['CPUExecutionProvider']
     if kind not in GPU_PROVIDERS:
@@ -62,6 +68,10 @@ class OnnxRuntimeBackend(Backend):
             raise FileNotFoundError('onnx_path %s does not exist; create it with sat-seg export'
                                     % path)
         providers = choose_providers(device, onnxruntime.get_available_providers())
+        index = device.partition(':')[2]
+        if index:
+            providers = [(name, {'device_id': int(index)}) if name != 'CPUExecutionProvider'
+                         else name for name in providers]
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -70,6 +80,7 @@ class OnnxRuntimeBackend(Backend):
         self.session = onnxruntime.InferenceSession(path, options, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         self._check_prompt(meta)
+        self._warn_if_stale(meta)
         shape = self.session.get_inputs()[0].shape
         self.input_size = int(shape[2])
         self.batch = shape[0] if isinstance(shape[0], int) else None
@@ -85,6 +96,14 @@ class OnnxRuntimeBackend(Backend):
                              're-export with sat-seg export --prompt-mode %s'
                              % (self.onnx_path, found[0], found[1], expected[0], expected[1],
                                 expected[0]))
+
+    def _warn_if_stale(self, meta: dict) -> None:
+        """Warn when the model folder's weights are not the ones the graph was exported from."""
+        weights = os.path.join(self.model_dir, 'model.safetensors')
+        exported = meta.get('sat_seg.weights_sha256')
+        if exported and os.path.isfile(weights) and file_sha256(weights) != exported:
+            LOG.warning('%s was exported from other weights than %s: re-run sat-seg export',
+                        self.onnx_path, weights)
 
     def run_batch(self, pixel_values: np.ndarray) -> np.ndarray:
         """Return low-res logits (N, m, m) float32 for pre-processed tiles (N, 3, S, S).
