@@ -11,14 +11,16 @@ EXTRAS = {
     'cv': ['opencv-python-headless>=4.5'],
     'torch': ['torch>=2.1', 'transformers>=5.0,<6', 'safetensors'],
     'onnx': ['onnxruntime>=1.10'],
-    'export': ['onnx>=1.12'],
+    'export': ['onnx>=1.12', 'onnxruntime>=1.10'],
     'train': ['monai>=1.3', 'accelerate>=0.30', 'matplotlib', 'tqdm', 'scipy'],
-    'bags': ['rosbags>=0.10'],
+    'bags': ['rosbags>=0.10', 'opencv-python-headless>=4.5', 'tqdm'],
     'test': ['pytest', 'pytest-timeout', 'hypothesis', 'flake8', 'flake8-quotes',
              'flake8-import-order', 'flake8-builtins', 'flake8-comprehensions',
              'flake8-docstrings', 'pydocstyle'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
+# Not in 'all': pycuda compiles against a CUDA toolkit (JetPack ships TensorRT itself).
+EXTRAS['tensorrt'] = ['pycuda']
 
 
 def data_files():

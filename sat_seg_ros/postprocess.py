@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 import cv2
 import numpy as np
 
-from sat_seg_ros.tiling import to_float_rgb
+from sat_seg_ros.tiling import to_float_rgb, to_rgb
 
 
 @dataclasses.dataclass
@@ -61,8 +61,17 @@ def find_detections(probability: np.ndarray, mask: np.ndarray,
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: Tuple[int, int, int] = (255, 0, 0),
             alpha: float = 0.5) -> np.ndarray:
-    """Return an HxWx3 uint8 RGB picture of ``image`` with ``mask`` tinted in ``color``."""
-    picture = to_float_rgb(image)
-    tint = np.asarray(color, np.float32)
-    picture[mask] = (1.0 - alpha) * picture[mask] + alpha * tint
-    return np.clip(picture + 0.5, 0, 255).astype(np.uint8)
+    """Return an HxWx3 uint8 RGB picture of ``image`` with ``mask`` tinted in ``color``.
+
+    Only the masked pixels are blended, so a uint8 frame costs little more than a copy.
+    """
+    if image.dtype == np.uint8:
+        picture = to_rgb(image)
+        if np.shares_memory(picture, image):
+            picture = picture.copy()
+    else:
+        picture = np.clip(to_float_rgb(image) + 0.5, 0, 255).astype(np.uint8)
+    if mask.any():
+        blended = picture[mask] * (1.0 - alpha) + np.asarray(color, np.float32) * alpha
+        picture[mask] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return picture

@@ -164,3 +164,19 @@ def test_bad_model_folders_are_explained(tmp_path):
         Segmenter.from_model(path)
     with pytest.raises(ValueError, match="backend='tensorflow'"):
         Segmenter.from_model(make_tiny_model(tmp_path / 'm2'), backend='tensorflow')
+
+
+@pytest.mark.parametrize('image', [np.full((20, 30), 100, np.uint8),
+                                   np.full((20, 30, 3), 100, np.uint8),
+                                   np.full((20, 30), 100 / 255.0, np.float32)])
+def test_overlay_tints_only_the_mask_and_leaves_the_input_alone(image):
+    from sat_seg_ros.postprocess import overlay
+
+    before = image.copy()
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:10] = True
+    picture = overlay(image, mask, color=(255, 0, 0), alpha=0.5)
+    assert picture.shape == (20, 30, 3) and picture.dtype == np.uint8
+    assert (picture[~mask] == 100).all()
+    assert (picture[mask] == [178, 50, 50]).all()
+    np.testing.assert_array_equal(image, before)

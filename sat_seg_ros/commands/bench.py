@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from typing import Dict, List
@@ -21,6 +22,9 @@ from typing import Dict, List
 import numpy as np
 
 HELP = 'latency p50/p95 by stage, GFLOP/frame and peak memory: ours vs the naive pipeline'
+
+#: Jetson TX2 peak fp16 throughput: GFLOP / TFLOPS = the fastest possible milliseconds.
+TX2_FP16_TFLOPS = 1.33
 
 SMALL = {'hidden_size': 96, 'layers': 4, 'heads': 4, 'embed_dim': 256, 'window_size': 8,
          'image_size': 256}
@@ -88,7 +92,14 @@ def _max_rss_mb() -> float:
 
 
 def measure(job: dict) -> dict:
-    """Run one (model, size) measurement in this (child) process and return its numbers."""
+    """Run one (model, size) measurement in this (child) process and return its numbers.
+
+    Every backend in ``job['backends']`` and, with ``job['naive']``, the tutorial pipeline
+    process the same frames, alternating frame by frame so that a change in machine load during
+    the run affects every side of a ratio alike. With ``job['memory_only']`` one frame runs
+    through the first backend (only the first ``max_tiles`` tiles, if given) and the process's
+    peak RSS is reported: batches run one after another, so one batch's peak is the frame's.
+    """
     import torch
 
     from sat_seg_ros.naive import NaivePipeline
@@ -97,58 +108,66 @@ def measure(job: dict) -> dict:
     if job.get('threads'):
         torch.set_num_threads(job['threads'])
     frames = synthetic_frames(job['frames'], seed=1)
-    segmenter = Segmenter.from_model(job['model_dir'], model_size=job['size'],
-                                     batch_size=job['batch_size'])
+    options = {'threads': job['threads']} if job.get('threads') else {}
+    segmenters = {name: Segmenter.from_model(job['model_dir'], backend=name,
+                                             model_size=job['size'], batch_size=job['batch_size'],
+                                             backend_options=options)
+                  for name in job['backends']}
+    first = segmenters[job['backends'][0]]
     out = {'model': job['name'], 'size': job['size'], 'frames': job['frames'],
-           'tiles_per_frame': len(segmenter.grid), 'batch_size': job['batch_size'],
+           'tiles_per_frame': len(first.grid), 'batch_size': job['batch_size'],
            'rss_after_load_mb': round(_max_rss_mb(), 1)}
-    tiles = segmenter.model_tiles(frames[0])
-    if job.get('max_tiles'):  # one batch only: its peak memory is a whole frame's peak
-        tiles = tiles[:job['max_tiles']]
+    tiles = first.model_tiles(frames[0])
+    if job.get('memory_only'):
+        tiles = tiles[:job.get('max_tiles') or len(tiles)]
         start = time.perf_counter()
-        segmenter.tile_logits(tiles)
-        seconds = round(time.perf_counter() - start, 2)
-        out['partial_run'] = {'tiles': len(tiles), 'seconds': seconds}
-        out['peak_rss_mb'] = round(_max_rss_mb(), 1)
+        first.tile_logits(tiles)
+        out.update(backend=job['backends'][0], tiles_run=len(tiles),
+                   seconds=round(time.perf_counter() - start, 2),
+                   peak_rss_mb=round(_max_rss_mb(), 1))
         return out
-    out['gflop_per_frame'] = round(_gflop(lambda: segmenter.tile_logits(tiles)), 2)
+    if 'torch' in segmenters:
+        out['gflop_per_frame'] = round(_gflop(lambda: segmenters['torch'].tile_logits(tiles)), 2)
+        out['tx2_floor_ms'] = round(out['gflop_per_frame'] / TX2_FP16_TFLOPS, 1)
     naive = None
     if job.get('naive'):
         from transformers import SamModel
 
         naive = NaivePipeline(SamModel.from_pretrained(job['model_dir']), job['size'],
-                              segmenter.config.tile_size, segmenter.config.prompt_mode,
-                              segmenter.config.grid_points)
+                              first.config.tile_size, first.config.prompt_mode,
+                              first.config.grid_points)
         out['naive_gflop_per_frame'] = round(_gflop(lambda: naive.probability(frames[0])), 2)
         naive.probability(frames[0])  # warm-up
-    segmenter.segment(frames[0])  # warm-up
-    ours, reference_timings, agreement = [], [], []
-    # Ours and the reference alternate frame by frame, so a change in machine load
-    # during the run affects both sides of the ratio alike.
+    for segmenter in segmenters.values():
+        segmenter.segment(frames[0])  # warm-up: allocations, graph set-up
+    timings = {name: [] for name in list(segmenters) + (['naive'] if naive else [])}
+    agreement = {name: [] for name in segmenters}
     for frame in frames:
-        result = segmenter.segment(frame)
-        ours.append(result.timings)
+        results = {name: segmenter.segment(frame) for name, segmenter in segmenters.items()}
+        for name, result in results.items():
+            timings[name].append(result.timings)
         if naive is None:
             continue
         stages: Dict[str, float] = {}
         start = time.perf_counter()
         reference = naive.probability(frame, stages)
         stages['total'] = time.perf_counter() - start
-        reference_timings.append(stages)
+        timings['naive'].append(stages)
         # Trained weights: the model's own threshold. Random weights hover near 0.5, so the
         # per-frame median of the reference splits the frame in half: a strict comparison.
-        threshold = (segmenter.config.threshold if job['trained']
-                     else float(np.median(reference)))
-        agreement.append(mask_iou(result.probability > threshold, reference > threshold))
-    out['ours'] = stage_stats(ours)
-    out['peak_rss_mb'] = round(_max_rss_mb(), 1)
+        threshold = first.config.threshold if job['trained'] else float(np.median(reference))
+        for name, result in results.items():
+            agreement[name].append(mask_iou(result.probability > threshold,
+                                            reference > threshold))
+    for name, values in timings.items():
+        out[name] = stage_stats(values)
     if naive is not None:
-        out['naive'] = stage_stats(reference_timings)
-        out['speedup_vs_naive'] = round(out['naive']['total']['p50_ms']
-                                        / out['ours']['total']['p50_ms'], 2)
-        out['mask_agreement_iou'] = round(float(np.mean(agreement)), 4)
-        out['mask_agreement_min_iou'] = round(float(np.min(agreement)), 4)
         out['agreement_threshold'] = 'model threshold' if job['trained'] else 'median of naive'
+        for name in segmenters:
+            out['speedup_vs_naive_' + name] = round(
+                out['naive']['total']['p50_ms'] / out[name]['total']['p50_ms'], 2)
+            out['mask_agreement_iou_' + name] = round(float(np.mean(agreement[name])), 4)
+            out['mask_agreement_min_iou_' + name] = round(float(np.min(agreement[name])), 4)
     return out
 
 
@@ -173,14 +192,42 @@ def _write_model(folder: str, name: str, **config) -> str:
     return path
 
 
-def _print_row(result: dict) -> None:
-    ours = result.get('ours', {}).get('total', {})
-    naive = result.get('naive', {}).get('total', {})
-    print('%-8s %5d %5d %9s %9s %9s %8s %8s %9s %8s' % (
-        result['model'], result['size'], result['tiles_per_frame'],
-        ours.get('p50_ms', '-'), ours.get('p95_ms', '-'), naive.get('p50_ms', '-'),
-        result.get('speedup_vs_naive', '-'), result.get('mask_agreement_iou', '-'),
-        result.get('gflop_per_frame', '-'), result.get('peak_rss_mb', '-')), flush=True)
+def _export(model_dir: str) -> bool:
+    """Export the dynamic-batch ONNX graph beside the weights; False when onnx is unavailable."""
+    try:
+        from sat_seg_ros.training.export import export_model
+
+        export_model(model_dir, static_batch=None, verify=False)
+        return True
+    except ImportError as error:
+        print('  onnxruntime rows skipped: %s' % error)
+        return False
+
+
+COLUMNS = ('model', 'size', 'tiles', 'backend', 'p50_ms', 'p95_ms', 'naive_p50', 'speedup',
+           'mask_iou', 'GFLOP', 'TX2_ms', 'peak_MB')
+
+
+def _print_rows(result: dict, memory: Dict[str, float]) -> None:
+    for backend in [key for key in ('torch', 'onnxruntime') if key in result]:
+        stats = result[backend]['total']
+        naive = result.get('naive', {}).get('total', {})
+        row = (result['model'], result['size'], result['tiles_per_frame'], backend,
+               stats['p50_ms'], stats['p95_ms'], naive.get('p50_ms', '-'),
+               result.get('speedup_vs_naive_' + backend, '-'),
+               result.get('mask_agreement_iou_' + backend, '-'),
+               result.get('gflop_per_frame', '-'), result.get('tx2_floor_ms', '-'),
+               memory.get(backend, '-'))
+        print('%-8s %5s %5s %-12s %8s %8s %9s %7s %8s %8s %7s %8s' % row, flush=True)
+
+
+def _memory(base: dict, name: str, model_dir: str, size: int, backends, **extra) -> dict:
+    peaks = {}
+    for backend in backends:
+        result = _run_isolated(dict(base, name=name, model_dir=model_dir, size=size, frames=1,
+                                    backends=[backend], memory_only=True, **extra))
+        peaks[backend] = result['peak_rss_mb']
+    return peaks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,45 +236,62 @@ def run(args: argparse.Namespace) -> int:
 
     sizes = [int(size) for size in args.sizes.split(',')]
     results = []
-    print('%-8s %5s %5s %9s %9s %9s %8s %8s %9s %8s' % (
-        'model', 'size', 'tiles', 'ours_p50', 'ours_p95', 'naive_p50', 'speedup', 'mask_iou',
-        'GFLOP', 'peak_MB'))
+    print('%-8s %5s %5s %-12s %8s %8s %9s %7s %8s %8s %7s %8s' % COLUMNS)
     with tempfile.TemporaryDirectory() as folder:
-        small = _write_model(folder, 'small', **SMALL)
         base = {'threads': args.threads, 'batch_size': 16, 'trained': False}
+        small = _write_model(folder, 'small', **SMALL)
+        backends = ['torch'] + (['onnxruntime'] if _export(small) else [])
         for size in sizes:
-            job = dict(base, name='small', model_dir=small, size=size, frames=args.frames,
-                       naive=(size == 512))
-            results.append(_run_isolated(job))
-            _print_row(results[-1])
+            result = _run_isolated(dict(base, name='small', model_dir=small, size=size,
+                                        frames=args.frames, naive=(size == 512),
+                                        backends=backends))
+            result['peak_rss_mb'] = _memory(base, 'small', small, size, backends)
+            results.append(result)
+            _print_rows(result, result['peak_rss_mb'])
         if (DEFAULT_MODEL_DIR / 'config.json').is_file():
-            job = dict(base, name='default', model_dir=str(DEFAULT_MODEL_DIR), size=512,
-                       frames=args.frames, naive=True, trained=True)
-            results.append(_run_isolated(job))
-            _print_row(results[-1])
+            bundled = os.path.join(folder, 'default')
+            shutil.copytree(DEFAULT_MODEL_DIR, bundled)
+            backends_default = ['torch'] + (['onnxruntime'] if _export(bundled) else [])
+            result = _run_isolated(dict(base, name='default', model_dir=bundled, size=512,
+                                        frames=args.frames, naive=True, trained=True,
+                                        backends=backends_default))
+            result['peak_rss_mb'] = _memory(base, 'default', bundled, 512, backends_default)
+            results.append(result)
+            _print_rows(result, result['peak_rss_mb'])
         if not args.no_vitb:
             vitb = _write_model(folder, 'vitb')
-            results.append(_run_isolated(dict(base, name='vit-b', model_dir=vitb, size=512,
-                                              frames=1, naive=True, batch_size=4)))
-            _print_row(results[-1])
-            results.append(_run_isolated(dict(base, name='vit-b', model_dir=vitb, size=2048,
-                                              frames=1, batch_size=4, max_tiles=4)))
-            _print_row(results[-1])
-            print('  vit-b at 2048: one batch of 4 of the 64 tiles took %.1f s; its peak RSS is '
-                  "the whole frame's peak" % results[-1]['partial_run']['seconds'])
+            vitb_base = dict(base, batch_size=4)
+            result = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=512,
+                                        frames=1, naive=True, backends=['torch']))
+            result['peak_rss_mb'] = _memory(vitb_base, 'vit-b', vitb, 512, ['torch'])
+            results.append(result)
+            _print_rows(result, result['peak_rss_mb'])
+            partial = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=2048,
+                                         frames=1, backends=['torch'], memory_only=True,
+                                         max_tiles=4))
+            results.append(partial)
+            print('  vit-b at 2048 (64 tiles): peak RSS %.0f MB, from one batch of 4 tiles '
+                  '(%.1f s); %.0f GFLOP per frame'
+                  % (partial['peak_rss_mb'], partial['seconds'],
+                     result['gflop_per_frame'] * 16))
     headline = next(r for r in results if r['model'] == 'small' and r['size'] == 512)
     summary = {
-        'speedup_vs_naive': headline.get('speedup_vs_naive'),
-        'mask_agreement_iou': headline.get('mask_agreement_iou'),
+        'speedup_vs_naive': headline.get('speedup_vs_naive_torch'),
+        'mask_agreement_iou': headline.get('mask_agreement_iou_torch'),
+        'speedup_vs_naive_onnxruntime': headline.get('speedup_vs_naive_onnxruntime'),
+        'mask_agreement_iou_onnxruntime': headline.get('mask_agreement_iou_onnxruntime'),
         'gflop_per_frame': {'%s@%d' % (r['model'], r['size']): r['gflop_per_frame']
                             for r in results if 'gflop_per_frame' in r},
-        'machine': '%s, %d CPU cores, Python %s' % (
+        'tx2_fp16_tflops': TX2_FP16_TFLOPS,
+        'machine': '%s, %d CPU cores, Python %s, load average %.1f at the end' % (
             platform.processor() or platform.machine(), os.cpu_count(),
-            platform.python_version()),
+            platform.python_version(), os.getloadavg()[0]),
         'results': results,
     }
-    print('speedup_vs_naive (small @512, p50): %s   mask_agreement_iou: %s'
-          % (summary['speedup_vs_naive'], summary['mask_agreement_iou']))
+    print('speedup_vs_naive (small @512, p50, torch backend): %s, mask_agreement_iou %s; '
+          'onnxruntime backend: %s, %s' % (
+              summary['speedup_vs_naive'], summary['mask_agreement_iou'],
+              summary['speedup_vs_naive_onnxruntime'], summary['mask_agreement_iou_onnxruntime']))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2) + '\n')
         print('wrote %s' % args.json)
