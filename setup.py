@@ -3,7 +3,7 @@
 from glob import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = 'sat_seg_ros'
 
@@ -16,7 +16,7 @@ EXTRAS = {
     'bags': ['rosbags>=0.10', 'opencv-python-headless>=4.5', 'tqdm'],
     'test': ['pytest', 'pytest-timeout', 'hypothesis', 'flake8', 'flake8-quotes',
              'flake8-import-order', 'flake8-builtins', 'flake8-comprehensions',
-             'flake8-docstrings', 'pydocstyle'],
+             'flake8-docstrings', 'pydocstyle', 'colcon-common-extensions'],
 }
 EXTRAS['all'] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 # Not in 'all': pycuda compiles against a CUDA toolkit (JetPack ships TensorRT itself).
@@ -39,9 +39,10 @@ def data_files():
 setup(
     name=PACKAGE,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*']),
-    package_data={PACKAGE: ['models/default/*', 'data/*', 'data/**/*']},
-    include_package_data=True,
+    # Namespace discovery also picks up the data folders (models/default, data/sample_bag).
+    packages=find_namespace_packages(include=[PACKAGE, PACKAGE + '.*'],
+                                     exclude=['*.__pycache__']),
+    package_data={'': ['*.json', '*.safetensors', '*.onnx', '*.mcap', '*.yaml', '*.png']},
     data_files=data_files(),
     install_requires=['setuptools', 'numpy', 'pyyaml'],
     extras_require=EXTRAS,
@@ -51,7 +52,6 @@ setup(
     maintainer_email='sat-seg-ros@users.noreply.github.com',
     description='ROS 2 satellite segmentation in aerial images with a fine-tuned SAM',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'sat-seg = sat_seg_ros.cli:main',
