@@ -126,8 +126,10 @@ def measure(job: dict) -> dict:
                    seconds=round(time.perf_counter() - start, 2),
                    peak_rss_mb=round(_max_rss_mb(), 1))
         return out
+    # Every tile costs the same FLOPs, so one tile's count times the tile count is exact.
     if 'torch' in segmenters:
-        out['gflop_per_frame'] = round(_gflop(lambda: segmenters['torch'].tile_logits(tiles)), 2)
+        out['gflop_per_frame'] = round(
+            len(tiles) * _gflop(lambda: segmenters['torch'].tile_logits(tiles[:1])), 2)
         out['tx2_floor_ms'] = round(out['gflop_per_frame'] / TX2_FP16_TFLOPS, 1)
     naive = None
     if job.get('naive'):
@@ -136,10 +138,16 @@ def measure(job: dict) -> dict:
         naive = NaivePipeline(SamModel.from_pretrained(job['model_dir']), job['size'],
                               first.config.tile_size, first.config.prompt_mode,
                               first.config.grid_points)
-        out['naive_gflop_per_frame'] = round(_gflop(lambda: naive.probability(frames[0])), 2)
-        naive.probability(frames[0])  # warm-up
-    for segmenter in segmenters.values():
-        segmenter.segment(frames[0])  # warm-up: allocations, graph set-up
+        from PIL import Image
+
+        tile = Image.fromarray(tiles[0].astype(np.uint8))
+        out['naive_gflop_per_frame'] = round(
+            len(tiles) * _gflop(lambda: naive.tile_probability(tile, {})), 2)
+        if job.get('warm_up', True):
+            naive.probability(frames[0])
+    if job.get('warm_up', True):  # allocations, graph set-up; skipped where a frame takes minutes
+        for segmenter in segmenters.values():
+            segmenter.segment(frames[0])
     timings = {name: [] for name in list(segmenters) + (['naive'] if naive else [])}
     agreement = {name: [] for name in segmenters}
     for frame in frames:
@@ -262,10 +270,10 @@ def run(args: argparse.Namespace) -> int:
             vitb = _write_model(folder, 'vitb')
             vitb_base = dict(base, batch_size=4)
             result = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=512,
-                                        frames=1, naive=True, backends=['torch']))
-            result['peak_rss_mb'] = _memory(vitb_base, 'vit-b', vitb, 512, ['torch'])
+                                        frames=1, naive=True, backends=['torch'],
+                                        warm_up=False))
             results.append(result)
-            _print_rows(result, result['peak_rss_mb'])
+            _print_rows(result, {})
             partial = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=2048,
                                          frames=1, backends=['torch'], memory_only=True,
                                          max_tiles=4))
