@@ -7,6 +7,7 @@ training-time validation. No ROS import here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Dict, List, Optional
@@ -19,6 +20,8 @@ from sat_seg_ros.config import (check_threshold, load_model_info, resolve_model_
                                 SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
 from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_rgb
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -63,6 +66,8 @@ class Segmenter:
         """
         model_dir = resolve_model_dir(model_dir)
         info = load_model_info(model_dir)
+        if info.get('warning'):  # e.g. a model whose provenance says it is not fit for use
+            LOG.warning('model %s: %s', model_dir, info['warning'])
         fields = {field.name for field in dataclasses.fields(SegmenterConfig)}
         unknown = sorted(set(overrides) - fields)
         if unknown:

@@ -180,3 +180,12 @@ def test_overlay_tints_only_the_mask_and_leaves_the_input_alone(image):
     assert (picture[~mask] == 100).all()
     assert (picture[mask] == [178, 50, 50]).all()
     np.testing.assert_array_equal(image, before)
+
+
+def test_a_model_warning_is_logged_at_load(tmp_path, caplog):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={'warning': 'trained for 5 minutes only'})
+    with caplog.at_level('WARNING', logger='sat_seg_ros.segmenter'):
+        Segmenter.from_model(path)
+    assert 'trained for 5 minutes only' in caplog.text

@@ -164,6 +164,8 @@ def measure(job: dict) -> dict:
         # Trained weights: the model's own threshold. Random weights hover near 0.5, so the
         # per-frame median of the reference splits the frame in half: a strict comparison.
         threshold = first.config.threshold if job['trained'] else float(np.median(reference))
+        if not (reference > threshold).any():
+            continue  # two empty masks agree trivially: such frames say nothing
         for name, result in results.items():
             agreement[name].append(mask_iou(result.probability > threshold,
                                             reference > threshold))
@@ -174,8 +176,13 @@ def measure(job: dict) -> dict:
         for name in segmenters:
             out['speedup_vs_naive_' + name] = round(
                 out['naive']['total']['p50_ms'] / out[name]['total']['p50_ms'], 2)
-            out['mask_agreement_iou_' + name] = round(float(np.mean(agreement[name])), 4)
-            out['mask_agreement_min_iou_' + name] = round(float(np.min(agreement[name])), 4)
+            # Frames whose reference mask is empty are left out; None when all of them were.
+            scores = agreement[name]
+            out['agreement_frames'] = len(scores)
+            out['mask_agreement_iou_' + name] = (round(float(np.mean(scores)), 4)
+                                                 if scores else None)
+            out['mask_agreement_min_iou_' + name] = (round(float(np.min(scores)), 4)
+                                                     if scores else None)
     return out
 
 
