@@ -1,0 +1,43 @@
+"""``sat-seg calibrate``: pick the threshold on validation and store it in sat_seg.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``sat-seg calibrate`` options."""
+    parser.add_argument('--model', required=True, type=Path,
+                        help='model folder whose sat_seg.json receives the threshold')
+    parser.add_argument('--dataset', required=True, type=Path,
+                        help='validation dataset folder (with masks)')
+    parser.add_argument('--size', type=int, default=None, dest='model_size',
+                        help="model size (default: the model's sat_seg.json)")
+    parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
+    parser.add_argument('--plot', type=Path, default=None,
+                        help='sweep plot PNG (default: MODEL/calibration.png)')
+    parser.add_argument('--dry-run', action='store_true', help='report only; do not write')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sweep, print the table and the choice, write the threshold unless --dry-run."""
+    from sat_seg_ros.training.calibrate import calibrate
+
+    plot = args.plot or args.model / 'calibration.png'
+    result = calibrate(args.model, args.dataset, args.model_size, limit=args.limit,
+                       write=not args.dry_run, plot=plot)
+    print('%9s %9s %9s %10s %8s' % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall'))
+    for row in result['table']:
+        print('%9.3f %9.3f %9.3f %10.3f %8.3f' % (row['threshold'], row['accuracy'],
+                                                  row['mean_iou'], row['precision'],
+                                                  row['recall']))
+    print('chosen threshold %.3f (accuracy %.3f, mean IoU %.3f) at model size %d on %d images; '
+          'previous %.3f%s' % (result['best_threshold'], result['best']['accuracy'],
+                               result['best']['mean_iou'], result['model_size'],
+                               result['images'], result['previous_threshold'],
+                               '' if args.dry_run else '; written to sat_seg.json'))
+    print('plot: %s' % plot)
+    return 0

@@ -1,0 +1,58 @@
+"""``sat-seg evaluate``: the report's Table 1 for a model on a dataset (uses the Segmenter)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "the report's Table 1 (accuracy, mean IoU, precision, recall, s/image) per model size"
+
+
+def _sizes(text: str):
+    try:
+        sizes = [int(part) for part in text.split(',') if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            '--sizes %r must be comma-separated integers, e.g. 512,1024,2048' % text) from None
+    if not sizes or min(sizes) < 256:
+        raise argparse.ArgumentTypeError('--sizes %r: give sizes >= 256' % text)
+    return sizes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``sat-seg evaluate`` options."""
+    parser.add_argument('--dataset', required=True, type=Path,
+                        help='dataset folder (annotations.json, images/, masks/)')
+    parser.add_argument('--model', default=None, help='model folder (default: the bundled model)')
+    parser.add_argument('--sizes', type=_sizes, default=[512, 1024, 2048],
+                        help='comma-separated model sizes (default 512,1024,2048)')
+    parser.add_argument('--json', type=Path, default=None, help='also write the report as JSON')
+    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime', 'tensorrt'))
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--threshold', type=float, default=None,
+                        help="probability threshold (default: the model's sat_seg.json)")
+    parser.add_argument('--limit', type=int, default=0,
+                        help='evaluate only the first N images (default: all)')
+    parser.add_argument('--gallery', type=Path, default=None,
+                        help='failure gallery PNG (default: next to --json, else none)')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, optionally write JSON and the failure gallery."""
+    from sat_seg_ros.config import atomic_write_text
+    from sat_seg_ros.training.evaluate import evaluate, format_table
+
+    gallery = args.gallery
+    if gallery is None and args.json is not None:
+        gallery = args.json.with_name(args.json.stem + '_failures.png')
+    report = evaluate(args.dataset, args.model, args.sizes, backend=args.backend,
+                      device=args.device, threshold=args.threshold, limit=args.limit,
+                      gallery=gallery)
+    print(format_table(report))
+    if gallery is not None:
+        print('failure gallery: %s' % gallery)
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + '\n')
+        print('wrote %s' % args.json)
+    return 0

@@ -1,0 +1,167 @@
+"""The report's Table 1 for a model on a dataset, computed with the runtime's Segmenter.
+
+Per model size: accuracy (IoU > 0.5; an empty prediction on an image without a satellite is
+correct), mean IoU over images with a satellite, image-level detection precision / recall,
+mean seconds per image (the Segmenter's total, frame in -> mask out) and the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+import platform
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from sat_seg_ros.training import metrics
+
+
+@dataclasses.dataclass
+class ImageOutcome:
+    """One image's result at one model size (kept for the failure gallery)."""
+
+    file_name: str
+    iou: float
+    correct: bool
+    positive: bool
+    detected: bool
+
+
+def machine_description() -> str:
+    """CPU model (or GPU name) and core count of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as stream:
+            for line in stream:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return '%s, %d cores' % (cpu, os.cpu_count() or 0)
+
+
+def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
+             sizes: Sequence[int] = (512,), backend: str = 'torch', device: str = 'cpu',
+             threshold: Optional[float] = None, limit: int = 0,
+             gallery: Optional[os.PathLike | str] = None) -> Dict[str, Any]:
+    """Return Table 1 rows (one per size) for ``model_dir`` (None: bundled) on ``dataset_dir``.
+
+    ``limit`` > 0 evaluates the first ``limit`` images only. ``gallery`` writes a PNG of the
+    worst failures at the first size.
+    """
+    from tqdm import tqdm
+
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_ros.training.dataset import load_dataset
+
+    dataset = load_dataset(dataset_dir)
+    records = list(dataset)[:limit] if limit > 0 else list(dataset)
+    if not records:
+        raise ValueError('dataset %s has no images' % dataset_dir)
+    if any(r.positive and r.mask_path is None for r in records):
+        raise ValueError('dataset %s has satellites without masks; the IoU metric needs masks '
+                         '(run sat-seg label first)' % dataset_dir)
+    rows: List[Dict[str, Any]] = []
+    outcomes: Dict[int, List[ImageOutcome]] = {}
+    predictions: Dict[str, np.ndarray] = {}
+    for size in sizes:
+        segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
+                                         model_size=int(size), threshold=threshold)
+        pairs, seconds, results = [], [], []
+        for record in tqdm(records, desc='evaluate %d' % size, unit='img', leave=False):
+            image = record.read_image()
+            truth = record.read_mask() if record.positive else np.zeros(image.shape[:2], bool)
+            start = time.perf_counter()
+            result = segmenter.segment(image)
+            seconds.append(time.perf_counter() - start)
+            pairs.append((result.mask, truth))
+            value = metrics.iou(result.mask, truth)
+            results.append(ImageOutcome(record.file_name, value, value > metrics.IOU_CORRECT,
+                                        bool(truth.any()), result.detected))
+            if size == sizes[0] and gallery is not None and value <= metrics.IOU_CORRECT:
+                predictions[record.file_name] = result.mask
+        summary = metrics.summarize(pairs)
+        summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
+                        'threshold': segmenter.config.threshold,
+                        'prompt_mode': segmenter.config.prompt_mode,
+                        'backend': backend, 'device': device})
+        rows.append(summary)
+        outcomes[int(size)] = results
+        segmenter.close()
+    report = {'dataset': str(dataset_dir), 'model': str(model_dir or 'bundled default'),
+              'machine': machine_description(), 'rows': rows,
+              'failures': {size: [dataclasses.asdict(o) for o in found if not o.correct]
+                           for size, found in outcomes.items()}}
+    if gallery is not None:
+        report['gallery'] = str(failure_gallery(records, outcomes[int(sizes[0])], predictions,
+                                                Path(gallery)))
+    return report
+
+
+def failure_gallery(records, outcomes: Sequence[ImageOutcome], predictions: Dict[str, Any],
+                    path: Path, count: int = 12, columns: int = 4) -> Path:
+    """Write a PNG of up to ``count`` failed images: truth outlined green, prediction red."""
+    import cv2
+
+    from sat_seg_ros.config import atomic_write_bytes
+    from sat_seg_ros.tiling import to_float_rgb
+
+    by_name = {r.file_name: r for r in records}
+    failed = sorted((o for o in outcomes if not o.correct), key=lambda o: o.iou)[:count]
+    width = 320
+    thumbs = []
+    for outcome in failed:
+        record = by_name[outcome.file_name]
+        image = np.clip(to_float_rgb(record.read_image()), 0, 255).astype(np.uint8)
+        truth = record.read_mask() if record.positive else None
+        for mask, color in ((truth, (0, 255, 0)), (predictions.get(outcome.file_name),
+                                                   (255, 0, 0))):
+            if mask is not None and mask.any():
+                contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                               cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(image, contours, -1, color, 2)
+        scale = width / image.shape[1]
+        thumb = cv2.resize(image, (width, int(round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+        label = '%s IoU %.2f%s' % (outcome.file_name[-14:], outcome.iou,
+                                   '' if outcome.positive else ' (no sat.)')
+        cv2.putText(thumb, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1,
+                    cv2.LINE_AA)
+        thumbs.append(thumb)
+    if not thumbs:
+        sheet = np.full((60, width * 2, 3), 255, np.uint8)
+        cv2.putText(sheet, 'no failures', (10, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+    else:
+        height = max(t.shape[0] for t in thumbs)
+        rows = []
+        for start in range(0, len(thumbs), columns):
+            row = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0))) for t in
+                   thumbs[start:start + columns]]
+            row += [np.zeros((height, width, 3), np.uint8)] * (columns - len(row))
+            rows.append(np.concatenate(row, axis=1))
+        sheet = np.concatenate(rows, axis=0)
+    ok, encoded = cv2.imencode('.png', cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError('could not encode the failure gallery as PNG')
+    atomic_write_bytes(path, encoded.tobytes())
+    return path
+
+
+def format_table(report: Dict[str, Any]) -> str:
+    """Return Table 1 as aligned text."""
+    lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
+             'machine: %s' % report['machine'],
+             '%6s %9s %9s %10s %8s %10s %10s' % ('size', 'accuracy', 'mean IoU', 'precision',
+                                                 'recall', 's/image', 'threshold')]
+    for row in report['rows']:
+        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.2f' % (
+            row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
+            row['recall'], row['seconds_per_image'], row['threshold']))
+    first = report['rows'][0]
+    lines.append('images: %d (%d with a satellite, %d without)'
+                 % (first['images'], first['positives'], first['negatives']))
+    return '\n'.join(lines)

@@ -1,0 +1,100 @@
+"""Compact SamModel architectures that can be trained from nothing on a CPU.
+
+Every model here is a plain ``transformers.SamModel`` (``SamConfig``), so the runtime loads it with
+``SamModel.from_pretrained`` like any SAM checkpoint. The presets trade the ViT-B encoder for a
+small windowed ViT with a finer patch grid: a 256 tile with patch 8 gives 32x32 image embeddings,
+so the mask decoder's low-res output is 128x128 (one mask pixel per 2x2 tile pixels instead of
+SAM's 4x4 at 64x64), which small satellites need.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+#: Named architectures; values are keyword arguments of build_sam_config.
+ARCHITECTURES: Dict[str, Dict[str, Any]] = {
+    # ~0.8 M parameters, ~3.2 MB fp32: the bundled default model's family. Windowed attention
+    # only (8x8 tokens = 64x64 px): a global layer over 1024 tokens tripled the CPU step time;
+    # the mask decoder's two-way attention still sees the whole tile.
+    'sat-tiny': {'image_size': 256, 'patch_size': 8, 'vision_hidden': 64, 'vision_layers': 4,
+                 'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (),
+                 'decoder_hidden': 96, 'decoder_mlp': 384, 'decoder_heads': 4},
+    # ~2.2 M parameters, ~9 MB fp32.
+    'sat-small': {'image_size': 256, 'patch_size': 8, 'vision_hidden': 96, 'vision_layers': 6,
+                  'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (2, 5),
+                  'decoder_hidden': 128, 'decoder_mlp': 512, 'decoder_heads': 8},
+    # For tests: a few thousand parameters, milliseconds per step.
+    'test-micro': {'image_size': 64, 'patch_size': 8, 'vision_hidden': 16, 'vision_layers': 1,
+                   'vision_heads': 2, 'window_size': 0, 'global_attn_indexes': (),
+                   'decoder_hidden': 16, 'decoder_mlp': 32, 'decoder_heads': 2},
+}
+
+
+def build_sam_config(image_size: int = 256, patch_size: int = 8, vision_hidden: int = 64,
+                     vision_layers: int = 4, vision_heads: int = 4, window_size: int = 8,
+                     global_attn_indexes=(3,), decoder_hidden: int = 96, decoder_mlp: int = 384,
+                     decoder_heads: int = 4):
+    """Return a ``transformers.SamConfig`` for a compact SAM with consistent sub-configs.
+
+    The vision encoder's ``output_channels``, the prompt encoder's and the mask decoder's
+    ``hidden_size`` must agree (``decoder_hidden``); the prompt encoder must know the image and
+    patch size so its embedding grid matches the encoder's (``image_size // patch_size``).
+    """
+    from transformers import SamConfig
+
+    if image_size % patch_size:
+        raise ValueError('image_size=%d must be a multiple of patch_size=%d'
+                         % (image_size, patch_size))
+    if decoder_hidden % 8:
+        raise ValueError('decoder_hidden=%d must be a multiple of 8 (the mask decoder '
+                         'upscales to hidden/8 channels)' % decoder_hidden)
+    vision = {'hidden_size': vision_hidden, 'output_channels': decoder_hidden,
+              'num_hidden_layers': vision_layers, 'num_attention_heads': vision_heads,
+              'image_size': image_size, 'patch_size': patch_size, 'window_size': window_size,
+              'global_attn_indexes': list(global_attn_indexes),
+              'num_pos_feats': decoder_hidden // 2, 'mlp_ratio': 4.0}
+    prompt = {'hidden_size': decoder_hidden, 'image_size': image_size, 'patch_size': patch_size}
+    decoder = {'hidden_size': decoder_hidden, 'mlp_dim': decoder_mlp,
+               'num_attention_heads': decoder_heads, 'iou_head_hidden_dim': decoder_hidden}
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt,
+                     mask_decoder_config=decoder)
+
+
+def build_model(architecture: str = 'sat-tiny', seed: int = 0, **overrides):
+    """Return a freshly initialised ``SamModel`` of a named architecture (see ARCHITECTURES).
+
+    Two departures from transformers' initialisation, both for training from nothing:
+    linear and conv layers get PyTorch's fan-in initialisation instead of N(0, 0.02) (with 0.02
+    the mask logits start near 1e-5 -- the hypernetwork and the upscaler multiply small numbers
+    -- and the loss sits on a plateau for hundreds of steps; measured in docs/training.md), and
+    the random-Fourier positional embedding is re-drawn with unit scale (the original SAM's
+    choice) instead of std ``vision_hidden // 2``, which makes neighbouring positions'
+    encodings unrelated.
+    """
+    import torch
+    from transformers import SamModel
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError('architecture=%r is not one of %s'
+                         % (architecture, sorted(ARCHITECTURES)))
+    kwargs = dict(ARCHITECTURES[architecture])
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = SamModel(build_sam_config(**kwargs))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.reset_parameters()
+        generator = torch.Generator().manual_seed(seed)
+        embedding = model.shared_image_embedding.positional_embedding
+        embedding.copy_(torch.randn(embedding.shape, generator=generator))
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(embedding)
+    return model
+
+
+def count_parameters(model) -> int:
+    """Return the number of parameters of ``model`` (shared tensors counted once)."""
+    seen = {}
+    for parameter in model.parameters():
+        seen[id(parameter)] = parameter.numel()
+    return sum(seen.values())

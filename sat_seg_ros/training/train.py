@@ -1,0 +1,660 @@
+"""Train a compact SamModel on 256 tiles cut exactly as the runtime cuts them.
+
+Data flow: scenes (a dataset folder in the contract layout, or generic shapes made on the fly)
+-> resized to each model size with the runtime's ``resize`` -> cut with the runtime's
+``TileGrid`` -> an in-memory tile pool (uint8 gray tiles + soft masks) -> batches with a set share
+of positive tiles -> the model. Training with the inference prompt runs the runtime's own
+``SamTilePredictor``; validation runs the runtime's ``Segmenter`` over whole scenes, so training
+and deployment cannot drift apart.
+
+Checkpoints (``last.pt``, ``best.pt``) hold weights, optimizer, schedule, config, step, best metric
+and history. Batches are drawn from a generator seeded by (seed, step, process), so a resumed run
+continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import platform
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from sat_seg_ros.backends import Backend
+from sat_seg_ros.config import atomic_write_text, SegmenterConfig, write_model_info
+from sat_seg_ros.postprocess import find_detections
+from sat_seg_ros.segmenter import Segmenter
+from sat_seg_ros.tiling import resize, TileGrid
+from sat_seg_ros.training import metrics
+from sat_seg_ros.training.losses import LOSSES, segmentation_loss
+from sat_seg_ros.training.models import ARCHITECTURES
+
+LOG = logging.getLogger(__name__)
+
+TRAIN_PROMPTS = ('inference', 'bbox_jitter')
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in every checkpoint and in the model's provenance."""
+
+    name: str = 'ours'
+    out_dir: str = 'runs/train'
+    # model
+    architecture: str = 'sat-tiny'
+    init_from: str = ''  # '' = fresh weights; a model folder (config.json) or a .pt checkpoint
+    prompt_mode: str = 'box'  # the runtime prompt, written into sat_seg.json
+    grid_points: int = 4
+    freeze: List[str] = dataclasses.field(default_factory=list)  # SamModel parameter prefixes
+    # data
+    data: str = 'shapes'  # 'shapes' (generic shapes made here) or a dataset folder
+    scenes: int = 2000  # shapes: scenes made; folder: images used (0 = all)
+    val_data: str = 'shapes'
+    val_scenes: int = 100
+    model_sizes: List[int] = dataclasses.field(default_factory=lambda: [512])
+    size_weights: List[float] = dataclasses.field(default_factory=lambda: [1.0])
+    negatives_per_scene: int = 4  # empty tiles kept per scene and size (all positives kept)
+    tile_size: int = 256
+    positive_fraction: float = 0.5  # share of tiles with satellite pixels in a batch
+    min_object_px: int = 1  # tiles with fewer satellite pixels count as negative for sampling
+    train_prompt: str = 'inference'  # 'inference' or 'bbox_jitter' (the report's)
+    box_jitter: float = 0.1  # bbox_jitter: max shift of each side, as a fraction of box size
+    augment: bool = True
+    # optimisation
+    loss: str = 'bce_dice'
+    pos_weight: float = 1.0
+    dice_weight: float = 1.0
+    optimizer: str = 'adamw'
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    schedule: str = 'cosine'  # 'cosine' or 'constant' (after warmup)
+    warmup_steps: int = 100
+    batch_size: int = 16
+    steps: int = 0  # 0: derived from epochs
+    epochs: float = 0.0  # passes over the tile pool (used when steps is 0)
+    grad_clip: float = 1.0
+    # bookkeeping
+    val_every: int = 250
+    checkpoint_every: int = 100
+    log_every: int = 25
+    min_area_px: int = 16
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError('architecture=%r is not one of %s'
+                             % (self.architecture, sorted(ARCHITECTURES)))
+        if self.train_prompt not in TRAIN_PROMPTS:
+            raise ValueError('train_prompt=%r is not one of %s'
+                             % (self.train_prompt, TRAIN_PROMPTS))
+        if self.loss not in LOSSES:
+            raise ValueError('loss=%r is not one of %s' % (self.loss, LOSSES))
+        if self.optimizer not in ('adam', 'adamw'):
+            raise ValueError("optimizer=%r is not 'adam' or 'adamw'" % (self.optimizer,))
+        if self.schedule not in ('cosine', 'constant'):
+            raise ValueError("schedule=%r is not 'cosine' or 'constant'" % (self.schedule,))
+        if len(self.model_sizes) != len(self.size_weights) or not self.model_sizes:
+            raise ValueError('model_sizes %s and size_weights %s must be non-empty and of equal '
+                             'length' % (self.model_sizes, self.size_weights))
+        if not 0.0 <= self.positive_fraction <= 1.0:
+            raise ValueError('positive_fraction=%r must be in [0, 1]' % self.positive_fraction)
+        if self.steps <= 0 and self.epochs <= 0:
+            raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
+                             % (self.steps, self.epochs))
+        for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size'):
+            if getattr(self, name) < 1:
+                raise ValueError('%s=%r must be >= 1' % (name, getattr(self, name)))
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Return a TrainConfig from a YAML file (optional) and ``key=value`` YAML overrides."""
+    import yaml
+
+    values: Dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError('%s must hold a mapping of TrainConfig fields' % path)
+        values.update(loaded)
+    for item in overrides:
+        if '=' not in item:
+            raise ValueError('override %r must look like key=value' % item)
+        key, text = item.split('=', 1)
+        values[key.strip()] = yaml.safe_load(text)
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError('unknown training setting(s) %s; known: %s' % (unknown, sorted(known)))
+    return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass
+class Scene:
+    """One grayscale scene and its mask at source resolution."""
+
+    image: np.ndarray  # HxW uint8
+    mask: np.ndarray  # HxW bool
+
+
+def _gray_uint8(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    from sat_seg_ros.tiling import to_float_pixels
+
+    pixels = to_float_pixels(image)
+    if pixels.ndim == 3:
+        pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else cv2.cvtColor(
+            np.ascontiguousarray(pixels[:, :, :3]), cv2.COLOR_RGB2GRAY)
+    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_scenes(source: str, count: int, seed: int) -> List[Scene]:
+    """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder."""
+    if source == 'shapes':
+        from sat_seg_ros.training.shapes import make_scene
+
+        rng = np.random.default_rng(seed)
+        scenes = []
+        for index in range(count):
+            image, mask = make_scene(rng, positive=index % 5 != 4)
+            scenes.append(Scene(image, mask))
+        return scenes
+    from sat_seg_ros.training.dataset import load_dataset
+
+    dataset = load_dataset(source)
+    records = list(dataset)[:count] if count > 0 else list(dataset)
+    scenes = []
+    for record in records:
+        image = _gray_uint8(record.read_image())
+        mask = record.read_mask() if record.positive else None
+        if record.positive and mask is None:
+            raise ValueError('%s has a bbox but no mask; training needs masks (run sat-seg label '
+                             'first)' % record.file_name)
+        scenes.append(Scene(image, mask if mask is not None else np.zeros(image.shape, bool)))
+    return scenes
+
+
+@dataclasses.dataclass
+class TilePool:
+    """Tiles of every scene at every model size: gray uint8 images and soft uint8 masks."""
+
+    tiles: np.ndarray  # (N, t, t) uint8
+    masks: np.ndarray  # (N, t, t) uint8, 255 = satellite (area-averaged at the tile's scale)
+    size_index: np.ndarray  # (N,) index into model_sizes
+    positive: np.ndarray  # (N,) bool
+
+
+def _return_freed_memory_to_the_os() -> None:
+    """Make glibc serve large arrays from mmap so freed scene and tile buffers leave the process.
+
+    With glibc's adaptive threshold, the thousands of ~300 KB arrays of the pool build end up on
+    the heap and the process keeps ~10 GB resident for a ~4 GB pool (measured); a fixed 128 KB
+    threshold keeps it near the pool's size. A no-op where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library('c')
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TilePool:
+    """Cut every scene at each model size like the Segmenter and return the tile pool.
+
+    All tiles with satellite pixels are kept, and up to ``negatives_per_scene`` empty ones per
+    scene and size.
+    """
+    rng = np.random.default_rng(seed)
+    tiles, masks, sizes, positive = [], [], [], []
+    t = config.tile_size
+    for scene in scenes:
+        for size_index, size in enumerate(config.model_sizes):
+            grid = TileGrid(size, size, t, 0)
+            image = resize(scene.image, size, size)
+            mask = resize(scene.mask.astype(np.float32), size, size)
+            image_tiles = grid.cut(image)
+            mask_tiles = np.clip(grid.cut(mask) * 255 + 0.5, 0, 255).astype(np.uint8)
+            pixels = (mask_tiles >= 128).reshape(len(mask_tiles), -1).sum(1)
+            is_pos = pixels >= config.min_object_px
+            empty = np.flatnonzero(~is_pos)
+            keep = np.concatenate([np.flatnonzero(is_pos), rng.permutation(empty)[
+                :config.negatives_per_scene]])
+            tiles.append(image_tiles[keep])
+            masks.append(mask_tiles[keep])
+            sizes.append(np.full(len(keep), size_index))
+            positive.append(is_pos[keep])
+    return TilePool(np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
+                    np.concatenate(positive))
+
+
+def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator):
+    """Return (tiles (B, t, t) float32 0..255, masks (B, t, t) float32 0..1) for one step."""
+    weights = np.asarray(config.size_weights, np.float64)
+    weights = weights / weights.sum()
+    chosen = []
+    pos_ids = np.flatnonzero(pool.positive)
+    neg_ids = np.flatnonzero(~pool.positive)
+    for _ in range(config.batch_size):
+        want_pos = rng.random() < config.positive_fraction
+        ids = pos_ids if (want_pos and len(pos_ids)) or not len(neg_ids) else neg_ids
+        size_index = rng.choice(len(weights), p=weights)
+        in_size = ids[pool.size_index[ids] == size_index]
+        chosen.append(int(rng.choice(in_size if len(in_size) else ids)))
+    tiles = pool.tiles[chosen].astype(np.float32)
+    masks = pool.masks[chosen].astype(np.float32) / 255.0
+    if config.augment:
+        tiles, masks = augment(tiles, masks, rng)
+    return tiles, masks
+
+
+def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
+    """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile)."""
+    out_tiles = np.empty_like(tiles)
+    out_masks = np.empty_like(masks)
+    for index in range(len(tiles)):
+        turns = int(rng.integers(0, 4))
+        tile = np.rot90(tiles[index], turns)
+        mask = np.rot90(masks[index], turns)
+        if rng.random() < 0.5:
+            tile, mask = tile[:, ::-1], mask[:, ::-1]
+        tile = tile / 255.0
+        if rng.random() < 0.2:
+            tile = 1.0 - tile
+        tile = np.clip(tile, 0, 1) ** float(np.exp(rng.uniform(-0.4, 0.4)))
+        mean = float(tile.mean())
+        tile = (tile - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-0.1, 0.1)
+        tile = tile + rng.normal(0, rng.uniform(0, 0.02), tile.shape)
+        out_tiles[index] = np.clip(tile, 0, 1) * 255.0
+        out_masks[index] = mask
+    return out_tiles, out_masks
+
+
+def jittered_boxes(masks: np.ndarray, input_size: int, jitter: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Return the report's training prompt, boxes (B, 1, 4) in model-input pixels.
+
+    Each tile's true-mask bbox with every side moved by up to ``jitter`` x the box size; the
+    whole tile for empty tiles.
+    """
+    t = masks.shape[1]
+    scale = input_size / t
+    boxes = np.zeros((len(masks), 1, 4), np.float32)
+    for index, mask in enumerate(masks):
+        ys, xs = np.nonzero(mask >= 0.5)
+        if len(xs) == 0:
+            boxes[index, 0] = (0, 0, input_size, input_size)
+            continue
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        w, h = x1 - x0, y1 - y0
+        moves = rng.uniform(-jitter, jitter, 4) * np.array([w, h, w, h])
+        box = np.array([x0, y0, x1, y1], np.float64) + moves
+        box = np.clip(box, 0, t) * scale
+        boxes[index, 0] = box
+    return boxes
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimisation, validation
+
+
+def load_initial_model(config: TrainConfig):
+    """Return the SamModel to train: fresh, from a model folder, or from a checkpoint."""
+    from sat_seg_ros.training.models import build_model
+
+    if not config.init_from:
+        return build_model(config.architecture, seed=config.seed)
+    path = Path(config.init_from)
+    if path.is_dir():
+        from transformers import SamModel
+
+        return SamModel.from_pretrained(str(path))
+    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(checkpoint)
+
+
+def model_from_checkpoint(checkpoint: Dict[str, Any]):
+    """Rebuild the SamModel stored in a checkpoint written by this module."""
+    from transformers import SamConfig, SamModel
+
+    model = SamModel(SamConfig.from_dict(checkpoint['sam_config']))
+    model.load_state_dict(checkpoint['model'])
+    return model
+
+
+def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
+    """Load a checkpoint dict (weights, optimizer, config, step, best metric, history)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError('checkpoint %s does not exist' % path)
+    return torch.load(str(path), map_location='cpu', weights_only=False)
+
+
+def apply_freeze(model, prefixes: Sequence[str]) -> int:
+    """Freeze parameters with any name starting with a prefix; return the trainable count.
+
+    A tied parameter is frozen when any of its names matches (SamModel ties the prompt encoder's
+    positional embedding to ``shared_image_embedding``).
+    """
+    frozen_ids = {id(parameter) for name, parameter in
+                  model.named_parameters(remove_duplicate=False)
+                  if any(name.startswith(prefix) for prefix in prefixes)}
+    trainable = 0
+    for parameter in model.parameters():
+        frozen = id(parameter) in frozen_ids
+        parameter.requires_grad_(not frozen)
+        trainable += 0 if frozen else parameter.numel()
+    if trainable == 0:
+        raise ValueError('freeze=%s leaves nothing to train' % list(prefixes))
+    return trainable
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup then cosine decay to 5 % (or constant)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == 'constant':
+        return config.lr
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class ModuleBackend(Backend):
+    """A Backend over an in-memory SamModel, so validation runs the runtime's Segmenter."""
+
+    name = 'in-memory'
+
+    def __init__(self, model, prompt_mode: str, grid_points: int = 4) -> None:
+        """Wrap ``model`` (a SamModel) with the runtime's fixed-prompt tile predictor."""
+        from sat_seg_ros.backends.torch_backend import SamTilePredictor
+
+        super().__init__('<in-memory>', prompt_mode=prompt_mode, grid_points=grid_points)
+        self.predictor = SamTilePredictor(model, prompt_mode, grid_points).eval()
+        self.input_size = model.config.vision_config.image_size
+
+    def run_batch(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Return low-res logits (N, m, m) for pre-processed tiles."""
+        import torch
+
+        with torch.inference_mode():
+            return self.predictor(torch.from_numpy(pixel_values)).float().numpy()
+
+
+def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
+             model_size: int = 512, min_area_px: int = 16, tile_size: int = 256,
+             thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, Any]:
+    """Segment every scene with the Segmenter; return metrics per threshold and the best one."""
+    backend = ModuleBackend(model, prompt_mode, grid_points)
+    segmenter = Segmenter(backend, SegmenterConfig(
+        model_size=model_size, tile_size=tile_size, threshold=0.5, min_area_px=min_area_px,
+        prompt_mode=prompt_mode, grid_points=grid_points))
+    probabilities = [segmenter.probability(scene.image) for scene in scenes]
+    per_threshold = {}
+    for threshold in thresholds:
+        pairs = ((find_detections(p, p > threshold, min_area_px)[1], scene.mask)
+                 for p, scene in zip(probabilities, scenes))
+        per_threshold[float(threshold)] = metrics.summarize(pairs)
+    best = max(per_threshold, key=lambda k: (per_threshold[k]['accuracy'],
+                                             per_threshold[k]['mean_iou']))
+    return {'best_threshold': best, 'accuracy': per_threshold[best]['accuracy'],
+            'mean_iou': per_threshold[best]['mean_iou'], 'per_threshold': per_threshold}
+
+
+def export_model(model, directory: Path, config: TrainConfig, threshold: float,
+                 provenance: Dict[str, Any]) -> None:
+    """Write a runtime model folder: SamModel files plus sat_seg.json (atomically per file)."""
+    tmp = directory.parent / ('.' + directory.name + '.tmp')
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    write_model_info(tmp, {
+        'model_size': config.model_sizes[0], 'tile_size': config.tile_size, 'tile_overlap': 0,
+        'prompt_mode': config.prompt_mode, 'grid_points': config.grid_points,
+        'threshold': float(threshold), 'min_area_px': config.min_area_px,
+        'provenance': provenance})
+    directory.mkdir(parents=True, exist_ok=True)
+    for item in tmp.iterdir():
+        item.chmod(0o644)  # save_pretrained may create owner-only files; the package ships them
+        os.replace(item, directory / item.name)
+    tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def total_steps(config: TrainConfig, pool_size: int) -> int:
+    """Return the run's step count: ``steps``, or ``epochs`` passes over the tile pool."""
+    if config.steps > 0:
+        return config.steps
+    return max(1, int(math.ceil(config.epochs * pool_size / config.batch_size)))
+
+
+def train(config: TrainConfig, resume: bool = True, progress: bool = True,
+          stop_at_step: int = 0) -> Dict[str, Any]:
+    """Run (or resume) training; return the final summary (also written to summary.json).
+
+    ``stop_at_step`` > 0 checkpoints and returns at that step, as an interrupt would.
+    """
+    import torch
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from sat_seg_ros.backends import preprocess_tiles
+    from sat_seg_ros.backends.torch_backend import SamTilePredictor
+
+    torch.set_num_threads(config.threads)
+    _return_freed_memory_to_the_os()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    checkpoint = None
+    if resume and (out / 'last.pt').is_file():
+        checkpoint = read_checkpoint(out / 'last.pt')
+        if checkpoint['train_config'] != dataclasses.asdict(config):
+            raise ValueError('%s/last.pt was written with a different config; use another '
+                             'out_dir or pass --no-resume to start over' % out)
+        model = model_from_checkpoint(checkpoint)
+    else:
+        model = load_initial_model(config)
+    trainable = apply_freeze(model, config.freeze)
+
+    LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
+    pool = build_pool(load_scenes(config.data, config.scenes, config.seed), config, config.seed)
+    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000)
+    steps = total_steps(config, len(pool.tiles))
+    LOG.info('pool: %d tiles (%d positive); %d steps of %d; %d trainable parameters',
+             len(pool.tiles), int(pool.positive.sum()), steps, config.batch_size, trainable)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer_class = torch.optim.AdamW if config.optimizer == 'adamw' else torch.optim.Adam
+    decay = config.weight_decay if config.optimizer == 'adamw' else 0.0
+    optimizer = optimizer_class(params, lr=config.lr, weight_decay=decay)
+    step, best, history = 0, {'accuracy': -1.0, 'mean_iou': -1.0, 'step': -1}, []
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
+        started -= checkpoint.get('elapsed_s', 0.0)
+    input_size = model.config.vision_config.image_size
+    fixed = config.train_prompt == 'inference'
+    net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
+    net, optimizer = accelerator.prepare(net, optimizer)
+    net.train()
+
+    def save(kind: str) -> None:
+        state = {'model': accelerator.unwrap_model(model).state_dict(),
+                 'sam_config': model.config.to_dict(), 'optimizer': optimizer.state_dict(),
+                 'train_config': dataclasses.asdict(config), 'step': step, 'best': best,
+                 'history': history, 'elapsed_s': time.time() - started}
+        tmp = out / ('.%s.pt.tmp' % kind)
+        torch.save(state, str(tmp))
+        os.replace(tmp, out / ('%s.pt' % kind))
+
+    bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
+               desc=config.name, dynamic_ncols=True)
+    running = []
+    stop_reason = 'done'
+    while step < steps:
+        rng = np.random.default_rng([config.seed, step, accelerator.process_index])
+        tiles, masks = sample_batch(pool, config, rng)
+        pixels = preprocess_tiles(np.repeat(tiles[..., None], 3, axis=3), input_size)
+        pixels = torch.from_numpy(pixels).to(accelerator.device)
+        target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate(config, step, steps)
+        if fixed:
+            low_res = net(pixels)
+        else:
+            boxes = jittered_boxes(masks, input_size, config.box_jitter, rng)
+            low_res = net(pixel_values=pixels, input_boxes=torch.from_numpy(boxes).to(
+                accelerator.device), multimask_output=False).pred_masks[:, 0, 0]
+        logits = torch.nn.functional.interpolate(
+            low_res[:, None], size=target.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+        loss = segmentation_loss(config.loss, logits, target, config.pos_weight,
+                                 config.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if config.grad_clip > 0:
+            accelerator.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        step += 1
+        running.append(float(loss.detach()))
+        bar.update(1)
+        if step % config.log_every == 0 or step == steps:
+            record = {'step': step, 'loss': float(np.mean(running)),
+                      'lr': optimizer.param_groups[0]['lr'],
+                      'elapsed_s': round(time.time() - started, 1)}
+            running = []
+            history.append(record)
+            bar.set_postfix(loss='%.4f' % record['loss'])
+            LOG.info('step %d loss %.4f lr %.2e %.0fs', step, record['loss'], record['lr'],
+                     record['elapsed_s'])
+        if step % config.val_every == 0 or step == steps:
+            net.eval()
+            result = validate(accelerator.unwrap_model(model), val_scenes, config.prompt_mode,
+                              config.grid_points, config.model_sizes[0], config.min_area_px,
+                              config.tile_size)
+            net.train()
+            entry = {'step': step, 'val_accuracy': result['accuracy'],
+                     'val_mean_iou': result['mean_iou'],
+                     'val_threshold': result['best_threshold'],
+                     'elapsed_s': round(time.time() - started, 1)}
+            history.append(entry)
+            LOG.info('validation at step %d: accuracy %.3f mIoU %.3f (threshold %.2f)',
+                     step, result['accuracy'], result['mean_iou'], result['best_threshold'])
+            if (result['accuracy'], result['mean_iou']) > (best['accuracy'], best['mean_iou']):
+                best = {'accuracy': result['accuracy'], 'mean_iou': result['mean_iou'],
+                        'step': step, 'threshold': result['best_threshold']}
+                if accelerator.is_main_process:
+                    save('best')
+                    export_model(accelerator.unwrap_model(model), out / 'best_model', config,
+                                 result['best_threshold'], provenance(config, best, step,
+                                                                      time.time() - started))
+            plot_history(history, out / 'curves.png')
+        if accelerator.is_main_process and (step % config.checkpoint_every == 0
+                                            or step == steps):
+            save('last')
+        if step == stop_at_step or (config.max_minutes
+                                    and time.time() - started > 60 * config.max_minutes):
+            stop_reason = 'stopped at step %d' % step if step == stop_at_step else 'max_minutes'
+            if accelerator.is_main_process:
+                save('last')
+            break
+    bar.close()
+    summary = {'name': config.name, 'steps': step, 'planned_steps': steps,
+               'stop_reason': stop_reason, 'best': best,
+               'train_seconds': round(time.time() - started, 1), 'machine': machine()}
+    if accelerator.is_main_process:
+        atomic_write_text(out / 'summary.json', json.dumps(summary, indent=2) + '\n')
+    return summary
+
+
+def export_checkpoint(checkpoint_path: os.PathLike | str, directory: os.PathLike | str,
+                      threshold: float = 0.5) -> Path:
+    """Write the model of any checkpoint (e.g. ``last.pt``) as a runtime model folder.
+
+    Validation picks ``best_model`` automatically; this is for choosing another step by hand
+    (then calibrate the threshold with ``sat-seg calibrate``).
+    """
+    checkpoint = read_checkpoint(checkpoint_path)
+    config = TrainConfig(**checkpoint['train_config'])
+    record = provenance(config, checkpoint['best'], checkpoint['step'], checkpoint['elapsed_s'])
+    record['exported_from'] = str(checkpoint_path)
+    directory = Path(directory)
+    export_model(model_from_checkpoint(checkpoint), directory, config, threshold, record)
+    return directory
+
+
+def provenance(config: TrainConfig, best: Dict[str, Any], step: int,
+               elapsed: float) -> Dict[str, Any]:
+    """Where a model came from: recipe, data, step, validation metric, time and machine."""
+    return {'recipe': config.name, 'train_config': dataclasses.asdict(config),
+            'step': step, 'validation': best, 'train_seconds': round(elapsed, 1),
+            'machine': machine()}
+
+
+def machine() -> str:
+    """Return a short description of the machine that ran the job."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'
+    return '%s, %d cores, %s, torch %s' % (platform.machine(), os.cpu_count() or 0, device,
+                                           torch.__version__)
+
+
+def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> None:
+    """Write the loss and validation-accuracy curves as a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    losses = [(h['step'], h['loss']) for h in history if 'loss' in h]
+    vals = [(h['step'], h['val_accuracy'], h['val_mean_iou']) for h in history
+            if 'val_accuracy' in h]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if losses:
+        left.plot(*zip(*losses))
+    left.set_xlabel('step')
+    left.set_ylabel('training loss')
+    left.set_yscale('log')
+    if vals:
+        steps, accuracy, miou = zip(*vals)
+        right.plot(steps, accuracy, marker='o', label='accuracy')
+        right.plot(steps, miou, marker='s', label='mean IoU')
+        right.legend()
+    right.set_xlabel('step')
+    right.set_ylim(0, 1)
+    right.set_title('validation (512)')
+    figure.tight_layout()
+    tmp = path.parent / ('.' + path.name + '.tmp.png')
+    figure.savefig(str(tmp), dpi=80)
+    plt.close(figure)
+    os.replace(tmp, path)

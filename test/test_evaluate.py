@@ -1,0 +1,67 @@
+"""``sat-seg evaluate``: Table 1 rows agree with an independent computation via the Segmenter."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sat_seg_ros.cli import main
+from sat_seg_ros.training import metrics
+from sat_seg_ros.training.dataset import DatasetWriter
+
+
+@pytest.fixture(scope='module')
+def small_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp('eval_set')
+    rng = np.random.default_rng(3)
+    with DatasetWriter(root) as writer:
+        for index in range(3):
+            image = rng.integers(0, 255, (200, 250), dtype=np.uint8)
+            mask = np.zeros((200, 250), bool)
+            if index < 2:
+                mask[40 + index * 50:80 + index * 50, 60:120] = True
+                writer.add('img%d.png' % index, image, mask=mask)
+            else:
+                writer.add('img%d.png' % index, image)
+    return root
+
+
+def test_table_matches_an_independent_computation(tiny_model_dir, small_dataset, tmp_path):
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_ros.training.dataset import load_dataset
+    from sat_seg_ros.training.evaluate import evaluate, format_table
+
+    report = evaluate(small_dataset, str(tiny_model_dir), sizes=[256], threshold=0.5,
+                      gallery=tmp_path / 'gallery.png')
+    row = report['rows'][0]
+    segmenter = Segmenter.from_model(tiny_model_dir, model_size=256, threshold=0.5)
+    correct, ious = [], []
+    for record in load_dataset(small_dataset):
+        image = record.read_image()
+        truth = record.read_mask() if record.positive else np.zeros(image.shape[:2], bool)
+        value = metrics.iou(segmenter.segment(image).mask, truth)
+        correct.append(value > 0.5)
+        if record.positive:
+            ious.append(value)
+    assert row['images'] == 3 and row['positives'] == 2 and row['negatives'] == 1
+    assert row['accuracy'] == pytest.approx(np.mean(correct))
+    assert row['mean_iou'] == pytest.approx(np.mean(ious))
+    assert row['seconds_per_image'] > 0
+    assert (tmp_path / 'gallery.png').stat().st_size > 500
+    assert 'accuracy' in format_table(report)
+
+
+def test_cli_writes_json(tiny_model_dir, small_dataset, tmp_path, capsys):
+    out = tmp_path / 'table.json'
+    code = main(['evaluate', '--dataset', str(small_dataset), '--model', str(tiny_model_dir),
+                 '--sizes', '256,512', '--json', str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [r['model_size'] for r in report['rows']] == [256, 512]
+    assert (tmp_path / 'table_failures.png').is_file()
+    assert 'machine' in capsys.readouterr().out
+
+
+def test_cli_refuses_bad_sizes(small_dataset):
+    with pytest.raises(SystemExit):
+        main(['evaluate', '--dataset', str(small_dataset), '--sizes', '512,abc'])

@@ -1,0 +1,138 @@
+"""Training: loss goes down, frozen parts stay bit-identical, resume is exact, presets load."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sat_seg_ros.training.train import (build_pool, jittered_boxes, load_config, load_scenes,
+                                        read_checkpoint, train, TrainConfig)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def micro_config(tmp_path, **changes):
+    """Return a seconds-long run: 64 px tiles of 128 px frames, a few-thousand-parameter SAM."""
+    values = {'name': 'test', 'out_dir': str(tmp_path / 'run'), 'architecture': 'test-micro',
+              'data': 'shapes', 'scenes': 6, 'val_data': 'shapes', 'val_scenes': 2,
+              'model_sizes': [128], 'size_weights': [1.0], 'tile_size': 64, 'batch_size': 4,
+              'steps': 6, 'lr': 3e-3, 'warmup_steps': 1, 'val_every': 1000,
+              'checkpoint_every': 1000, 'log_every': 1, 'threads': 1}
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def final_state(run_dir):
+    return read_checkpoint(Path(run_dir) / 'last.pt')['model']
+
+
+def test_few_steps_lower_the_loss(tmp_path):
+    config = micro_config(tmp_path, steps=40, positive_fraction=0.5)
+    summary = train(config, progress=False)
+    history = json.loads(json.dumps(read_checkpoint(Path(config.out_dir) / 'last.pt')['history']))
+    losses = [h['loss'] for h in history if 'loss' in h]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert summary['steps'] == 40
+    assert (Path(config.out_dir) / 'best_model' / 'config.json').is_file()
+    assert (Path(config.out_dir) / 'curves.png').stat().st_size > 1000
+    info = json.loads((Path(config.out_dir) / 'best_model' / 'sat_seg.json').read_text())
+    assert info['prompt_mode'] == 'box' and info['provenance']['recipe'] == 'test'
+
+
+def test_frozen_parameters_stay_bit_identical(tmp_path):
+    import torch
+
+    from sat_seg_ros.training.models import build_model
+
+    config = micro_config(tmp_path, freeze=['vision_encoder', 'prompt_encoder'],
+                          train_prompt='bbox_jitter', loss='dice_ce', optimizer='adam',
+                          positive_fraction=1.0, steps=3)
+    initial = build_model('test-micro', seed=config.seed).state_dict()
+    train(config, progress=False)
+    trained = final_state(config.out_dir)
+    frozen = [k for k in initial if k.startswith(('vision_encoder', 'prompt_encoder'))]
+    assert frozen
+    for key in frozen:
+        assert torch.equal(initial[key], trained[key]), key
+    decoder = [k for k in initial if k.startswith('mask_decoder')]
+    assert any(not torch.equal(initial[k], trained[k]) for k in decoder)
+
+
+def test_resume_continues_exactly(tmp_path):
+    import torch
+
+    straight = micro_config(tmp_path / 'a', steps=6)
+    train(straight, progress=False)
+    interrupted = micro_config(tmp_path / 'b', steps=6)
+    first = train(interrupted, progress=False, stop_at_step=3)
+    assert first['steps'] == 3
+    assert read_checkpoint(Path(interrupted.out_dir) / 'last.pt')['step'] == 3
+    second = train(interrupted, progress=False)
+    assert second['steps'] == 6
+    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    config = micro_config(tmp_path, steps=2)
+    train(config, progress=False)
+    with pytest.raises(ValueError, match='different config'):
+        train(micro_config(tmp_path, steps=3), progress=False)
+
+
+def test_pool_keeps_positives_and_some_negatives(tmp_path):
+    config = micro_config(tmp_path, negatives_per_scene=1)
+    scenes = load_scenes('shapes', 5, seed=1)
+    pool = build_pool(scenes, config, seed=0)
+    positives_expected = sum(bool(s.mask.any()) for s in scenes)
+    assert pool.tiles.shape[1:] == (64, 64) and pool.tiles.dtype == np.uint8
+    assert pool.positive.sum() >= positives_expected
+    assert (~pool.positive).sum() <= len(scenes)
+    assert all(pool.masks[i].max() >= 128 for i in np.flatnonzero(pool.positive))
+
+
+def test_jittered_boxes_contain_most_of_the_mask():
+    masks = np.zeros((2, 64, 64), np.float32)
+    masks[0, 10:30, 20:40] = 1
+    boxes = jittered_boxes(masks, input_size=256, jitter=0.1, rng=np.random.default_rng(0))
+    x0, y0, x1, y1 = boxes[0, 0] / 4
+    assert abs(x0 - 20) <= 2 and abs(y0 - 10) <= 2 and abs(x1 - 40) <= 2 and abs(y1 - 30) <= 2
+    assert tuple(boxes[1, 0]) == (0, 0, 256, 256)
+
+
+def test_presets_load_and_validate():
+    for path in sorted((ROOT / 'configs').glob('*.yaml')):
+        config = load_config(str(path))
+        assert config.steps > 0 or config.epochs > 0, path
+    report = load_config(str(ROOT / 'configs' / 'report.yaml'))
+    assert report.freeze == ['vision_encoder', 'prompt_encoder']
+    assert (report.loss, report.optimizer, report.lr, report.epochs) == ('dice_ce', 'adam',
+                                                                         1e-5, 25)
+    assert report.train_prompt == 'bbox_jitter'
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match='architecture'):
+        TrainConfig(architecture='nope', steps=1)
+    with pytest.raises(ValueError, match='unknown training setting'):
+        load_config(None, ['stepz=3'])
+    with pytest.raises(ValueError, match='steps'):
+        TrainConfig()
+
+
+def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_ros.training.train import export_checkpoint
+
+    config = micro_config(tmp_path, steps=2)
+    train(config, progress=False)
+    model_dir = export_checkpoint(Path(config.out_dir) / 'last.pt', tmp_path / 'model')
+    info = json.loads((model_dir / 'sat_seg.json').read_text())
+    assert info['provenance']['step'] == 2 and info['tile_size'] == 64
+    segmenter = Segmenter.from_model(model_dir)
+    result = segmenter.segment(np.zeros((100, 120), np.uint8))
+    assert result.mask.shape == (100, 120)
