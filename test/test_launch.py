@@ -66,13 +66,12 @@ def test_install_layout_has_the_executable_launch_config_and_sample(setup_kwargs
     assert ('share/sat_seg_ros/config', 'sat_seg.yaml') in installed
     assert ('share/sat_seg_ros/config', 'fastdds_large_frames.xml') in installed
     assert ('share/ament_index/resource_index/packages', 'sat_seg_ros') in installed
-    patterns = setup_kwargs['package_data']['sat_seg_ros']
-    sample = REPO / 'sat_seg_ros' / 'data' / 'sample_bag'
-    if not sample.is_dir():
-        pytest.skip('no bundled sample bag yet (scripts/make_sample_bag.sh)')
-    for path in sample.iterdir():
-        relative = str(path.relative_to(REPO / 'sat_seg_ros'))
-        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
+    # The sample bag and the bundled model are namespace packages with file patterns for all.
+    patterns = setup_kwargs['package_data']['']
+    for folder in ('data/sample_bag', 'models/default'):
+        assert 'sat_seg_ros.' + folder.replace('/', '.') in setup_kwargs['packages']
+        for path in (REPO / 'sat_seg_ros' / folder).iterdir():
+            assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns), path
 
 
 def test_launch_description_where_launch_ros_is_installed(launch_module):
