@@ -12,6 +12,7 @@ See docs/ros.md for topics, parameters, QoS and why this is a plain (not lifecyc
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -270,6 +271,23 @@ class SatSegNode(Node):
             self.segmenter.close()
 
 
+class _RosLogHandler(logging.Handler):
+    """Forward the library's Python log records (e.g. a model's warning) to the node's logger."""
+
+    def __init__(self, logger: Any) -> None:
+        super().__init__(logging.INFO)
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = '%s: %s' % (record.name, record.getMessage())
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        else:
+            self._logger.info(text)
+
+
 def _stamp_text(msg: Any) -> str:
     stamp = msg.header.stamp
     return '%d.%09d' % (stamp.sec, stamp.nanosec)
@@ -288,6 +306,9 @@ def main(args: Optional[List[str]] = None) -> int:
     rclpy.init(args=args)
     executor = SingleThreadedExecutor()
     logger = rclpy.logging.get_logger(node_config.NODE_NAME)
+    library_logger = logging.getLogger('sat_seg_ros')  # to /rosout, not bare stderr
+    library_logger.addHandler(_RosLogHandler(logger))
+    library_logger.setLevel(logging.INFO)
     node = None
     code = 0
     try:
