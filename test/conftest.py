@@ -16,3 +16,16 @@ def tiny_model_dir(tmp_path_factory):
     from sat_seg_ros.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp('tiny_model'), image_size=256, seed=0)
+
+
+@pytest.fixture(scope='session')
+def exported_model_dir(tiny_model_dir, tmp_path_factory):
+    """Copy the tiny model and export its dynamic-batch ONNX graph beside it (read-only use)."""
+    import shutil
+
+    from sat_seg_ros.training.export import export_model
+
+    folder = tmp_path_factory.mktemp('exported') / 'model'
+    shutil.copytree(tiny_model_dir, folder)
+    export_model(folder, static_batch=None, verify=False)
+    return folder

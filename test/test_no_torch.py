@@ -56,13 +56,9 @@ def blocked_env(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def exported_model(tiny_model_dir, tmp_path_factory):
-    from sat_seg_ros.training.export import export_model
-
-    folder = tmp_path_factory.mktemp('no_torch') / 'model'
-    shutil.copytree(tiny_model_dir, folder)
-    export_model(folder, static_batch=None, verify=False)
-    return folder
+def exported_model(exported_model_dir):
+    """Return the session's tiny model with its dynamic-batch graph (copy it before writes)."""
+    return exported_model_dir
 
 
 def run_python(code, env):

@@ -20,14 +20,9 @@ from sat_seg_ros.backends import tensorrt_backend
 
 
 @pytest.fixture(scope='module')
-def model_dir(tiny_model_dir, tmp_path_factory):
-    """Copy the tiny model and export its dynamic-batch graph."""
-    from sat_seg_ros.training.export import export_model
-
-    folder = tmp_path_factory.mktemp('trt') / 'model'
-    shutil.copytree(tiny_model_dir, folder)
-    export_model(folder, static_batch=None, verify=False)
-    return folder
+def model_dir(exported_model_dir):
+    """Return the session's tiny model with its dynamic-batch graph (copy it before writes)."""
+    return exported_model_dir
 
 
 class FakeMemory:
