@@ -42,11 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def gflop_per_frame(torch_segmenter, tiles: np.ndarray) -> float:
     """Return the torch FLOP count of the model over one frame's tiles, in GFLOP."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        torch_segmenter.tile_logits(tiles)
-    return counter.get_total_flops() / 1e9
+    return torch_segmenter.backend.gflop(tiles)
 
 
 def iou(first: np.ndarray, second: np.ndarray) -> float:

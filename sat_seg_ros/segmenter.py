@@ -19,7 +19,7 @@ from sat_seg_ros.backends import Backend, create_backend
 from sat_seg_ros.config import (check_threshold, load_model_info, resolve_model_dir,
                                 SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
-from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_rgb
+from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels
 
 LOG = logging.getLogger(__name__)
 
@@ -92,14 +92,20 @@ class Segmenter:
         self.config.min_area_px = value
 
     def model_tiles(self, image: np.ndarray) -> np.ndarray:
-        """Return the frame's RGB tiles (N, t, t, 3) float32 at the model size, 0..255."""
+        """Return the frame's tiles at the model size, float32 0..255.
+
+        (N, t, t, 3) for colour frames, (N, t, t, 1) for gray ones: the backends replicate gray
+        to SAM's three channels during normalisation, a third of the resizing and cutting work.
+        """
         check_frame(image)
         size = self.config.model_size
         pixels = to_float_pixels(image)
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             pixels = pixels[:, :, :3]
-        # Resize before replicating gray to three channels: a third of the work.
-        return self.grid.cut(to_rgb(resize(pixels, size, size)))
+        resized = resize(pixels, size, size)
+        if resized.ndim == 2:
+            resized = resized[:, :, None]
+        return self.grid.cut(resized)
 
     def tile_logits(self, tiles: np.ndarray) -> np.ndarray:
         """Run every tile through the backend in batches of ``batch_size``: (N, t, t) logits."""

@@ -88,3 +88,48 @@ def test_tiles_are_resized_to_a_1024_input_model_like_the_processor(tmp_path):
     # 256 low-res mask of a 256 tile as it is, so only the low-res logits are compared here.
     spread = ref_low.max() - ref_low.min()
     assert np.abs(low[0] - ref_low).max() < 0.05 * spread
+
+
+def test_gray_tiles_are_normalised_like_three_equal_channels():
+    gray = np.random.default_rng(4).integers(0, 256, (3, 200, 200, 1)).astype(np.float32)
+    for size in (200, 256):
+        np.testing.assert_array_equal(preprocess_tiles(gray, size),
+                                      preprocess_tiles(np.repeat(gray, 3, axis=3), size))
+    with pytest.raises(ValueError, match=r'\(N, t, t, 3\) or \(N, t, t, 1\)'):
+        preprocess_tiles(gray[..., 0], 256)
+
+
+@pytest.mark.parametrize('workers', [1, 2, 3])
+def test_cpu_workers_and_frozen_graph_give_the_eager_logits(tiny_model_dir, workers):
+    """Concurrent workers on the frozen graph give the eager logits for every batch size.
+
+    The caller's torch thread count is restored afterwards.
+    """
+    from sat_seg_ros.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model_dir, prompt_mode='grid', workers=workers, threads=2)
+    try:
+        assert backend.workers == workers
+        assert backend.frozen and isinstance(backend.module, torch.jit.ScriptModule)
+        assert torch.get_num_threads() == 2
+        pixels = preprocess_tiles(np.random.default_rng(5).integers(
+            0, 256, (5, 256, 256, 3)).astype(np.float32), 256)
+        with torch.inference_mode():
+            eager = backend.eager(torch.from_numpy(pixels)).numpy()
+        for count in (1, 2, 5):
+            np.testing.assert_allclose(backend.run_batch(pixels[:count]), eager[:count],
+                                       atol=1e-5)
+        assert torch.get_num_threads() == 2
+        assert 'worker(s)' in backend.describe()
+    finally:
+        backend.close()
+
+
+def test_eager_mode_is_available_and_bad_workers_are_refused(tiny_model_dir):
+    from sat_seg_ros.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(tiny_model_dir, prompt_mode='box', freeze=False, workers=1)
+    assert not backend.frozen and backend.module is backend.eager
+    backend.close()
+    with pytest.raises(ValueError, match='workers'):
+        TorchBackend(tiny_model_dir, workers=-1)

@@ -51,7 +51,7 @@ class Backend:
         raise NotImplementedError
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
-        """Return mask logits (N, t, t) float32 for RGB tiles (N, t, t, 3) on the 0..255 scale."""
+        """Return mask logits (N, t, t) float32 for tiles (N, t, t, 3 or 1) on the 0..255 scale."""
         low_res = self.run_batch(preprocess_tiles(tiles, self.input_size))
         return upsample_logits(low_res, tiles.shape[1])
 
@@ -82,19 +82,26 @@ def create_backend(name: str, model_dir: os.PathLike | str, device: str = 'cpu',
 
 
 def preprocess_tiles(tiles: np.ndarray, input_size: int) -> np.ndarray:
-    """Resize RGB tiles (N, t, t, 3; 0..255) to the model input, normalise: (N, 3, S, S) float32.
+    """Resize tiles (N, t, t, 3 RGB or 1 gray; 0..255) to the model input, normalise: NCHW.
 
-    Matches SamProcessor (bilinear resize, ImageNet mean/std); a tile already at the model's
-    input size is only normalised.
+    Returns (N, 3, S, S) float32. Matches SamProcessor (bilinear resize, ImageNet mean/std); a
+    gray tile becomes SAM's three equal channels without making them first. Channels are
+    written straight into the NCHW output, with no transposed copy; a tile already at the
+    model's input size is only normalised.
     """
-    if tiles.ndim != 4 or tiles.shape[3] != 3 or tiles.shape[1] != tiles.shape[2]:
-        raise ValueError('tiles must be (N, t, t, 3), got %s' % (tiles.shape,))
+    if tiles.ndim != 4 or tiles.shape[3] not in (1, 3) or tiles.shape[1] != tiles.shape[2]:
+        raise ValueError('tiles must be (N, t, t, 3) or (N, t, t, 1), got %s' % (tiles.shape,))
     tiles = tiles.astype(np.float32, copy=False)
     if tiles.shape[1] != input_size:
-        tiles = np.stack([cv2.resize(tile, (input_size, input_size),
-                                     interpolation=cv2.INTER_LINEAR) for tile in tiles])
-    normalised = (tiles - PIXEL_MEAN) / PIXEL_STD
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
+        resized = [cv2.resize(tile, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
+                   for tile in tiles]
+        tiles = np.stack([tile.reshape(input_size, input_size, -1) for tile in resized])
+    out = np.empty((len(tiles), 3, input_size, input_size), np.float32)
+    for channel in range(3):
+        source = tiles[..., channel if tiles.shape[3] == 3 else 0]
+        np.subtract(source, PIXEL_MEAN[channel], out=out[:, channel])
+        out[:, channel] /= PIXEL_STD[channel]
+    return out
 
 
 def upsample_logits(low_res: np.ndarray, tile_size: int) -> np.ndarray:

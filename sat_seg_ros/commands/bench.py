@@ -33,7 +33,7 @@ SMALL = {'hidden_size': 96, 'layers': 4, 'heads': 4, 'embed_dim': 256, 'window_s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``sat-seg bench`` options."""
     parser.add_argument('--json', default=None, help='write all results to this JSON file')
-    parser.add_argument('--frames', type=int, default=8, help='timed frames per small-model run')
+    parser.add_argument('--frames', type=int, default=16, help='timed frames per small-model run')
     parser.add_argument('--sizes', default='512,1024,2048', help='model sizes for the small model')
     parser.add_argument('--no-vitb', action='store_true',
                         help='skip the ViT-B-sized config (about 10 s per tile on 2 CPU cores)')
@@ -129,7 +129,7 @@ def measure(job: dict) -> dict:
     # Every tile costs the same FLOPs, so one tile's count times the tile count is exact.
     if 'torch' in segmenters:
         out['gflop_per_frame'] = round(
-            len(tiles) * _gflop(lambda: segmenters['torch'].tile_logits(tiles[:1])), 2)
+            len(tiles) * segmenters['torch'].backend.gflop(tiles[:1]), 2)
         out['tx2_floor_ms'] = round(out['gflop_per_frame'] / TX2_FP16_TFLOPS, 1)
     naive = None
     if job.get('naive'):
@@ -140,7 +140,8 @@ def measure(job: dict) -> dict:
                               first.config.grid_points)
         from PIL import Image
 
-        tile = Image.fromarray(tiles[0].astype(np.uint8))
+        tile = Image.fromarray(np.broadcast_to(tiles[0], tiles[0].shape[:2] + (3,)).astype(
+            np.uint8))
         out['naive_gflop_per_frame'] = round(
             len(tiles) * _gflop(lambda: naive.tile_probability(tile, {})), 2)
         if job.get('warm_up', True):

@@ -19,6 +19,12 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     'sat-tiny': {'image_size': 256, 'patch_size': 8, 'vision_hidden': 64, 'vision_layers': 4,
                  'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (),
                  'decoder_hidden': 96, 'decoder_mlp': 384, 'decoder_heads': 4},
+    # ~1.2 M parameters, ~5 MB fp32: patch 16 (16x16 tokens per 256 tile) makes a training step
+    # ~4x cheaper than patch 8 on the CPU, so the same hours see ~4x more tiles; two global
+    # layers are cheap at 256 tokens. Mask output 64x64 per tile, upsampled bilinearly.
+    'sat-p16': {'image_size': 256, 'patch_size': 16, 'vision_hidden': 96, 'vision_layers': 6,
+                'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (2, 5),
+                'decoder_hidden': 96, 'decoder_mlp': 384, 'decoder_heads': 4},
     # ~2.2 M parameters, ~9 MB fp32.
     'sat-small': {'image_size': 256, 'patch_size': 8, 'vision_hidden': 96, 'vision_layers': 6,
                   'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (2, 5),
