@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sat_seg_ros.commands.infer import add_segmenter_arguments, segmenter_from_args
+
 HELP = 'rosbag2 tools: make a camera bag, run the segmenter offline, play a bag over DDS'
 
 
@@ -32,14 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument('--out', required=True, type=Path, help='output bag folder (new)')
     run.add_argument('--topic', default=None,
                      help='image topic (default: /camera/image or the only Image topic)')
-    run.add_argument('--model', type=Path, default=None,
-                     help='model folder (default: the bundled model)')
-    run.add_argument('--backend', default='torch', help='torch | onnxruntime | tensorrt')
-    run.add_argument('--device', default='cpu')
-    run.add_argument('--model-size', type=int, default=None,
-                     help="frames are resized to this square size (default: the model's)")
-    run.add_argument('--threshold', type=float, default=None,
-                     help="mask threshold (default: the model's calibrated one)")
+    add_segmenter_arguments(run)
     run.add_argument('--overlay', action='store_true', help='also write /sat_seg/overlay')
     _storage(run)
 
@@ -96,10 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                     storage=args.storage, frame_id=args.frame_id,
                                     limit=args.limit, overwrite=args.overwrite, progress=update)
     elif args.action == 'run':
-        from sat_seg_ros.segmenter import Segmenter
-
-        segmenter = Segmenter.from_model(args.model, backend=args.backend, device=args.device,
-                                         model_size=args.model_size, threshold=args.threshold)
+        segmenter = segmenter_from_args(args)
         bar, update = _progress('bag run')
         with bar:
             summary = bags.run_bag(args.bag, args.out, segmenter, topic=args.topic,

@@ -25,7 +25,7 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime', 'tensorrt'),
                         help='inference runtime (default: torch)')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--size', type=int, default=None, dest='model_size',
+    parser.add_argument('--size', '--model-size', type=int, default=None, dest='model_size',
                         help='model size the frame is resized to (512, 1024, 2048, ...; '
                              "default: the model's sat_seg.json, else 512)")
     parser.add_argument('--threshold', type=float, default=None,

@@ -524,7 +524,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     while step < steps:
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
         tiles, masks = sample_batch(pool, config, rng)
-        pixels = preprocess_tiles(np.repeat(tiles[..., None], 3, axis=3), input_size)
+        pixels = preprocess_tiles(tiles[..., None], input_size)
         pixels = torch.from_numpy(pixels).to(accelerator.device)
         target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
         for group in optimizer.param_groups:
