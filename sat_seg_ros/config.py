@@ -23,6 +23,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'grid_points': 4,
     'threshold': DEFAULT_THRESHOLD,
     'min_area_px': 16,
+    'max_detections': 0,
 }
 
 
@@ -40,6 +41,7 @@ class SegmenterConfig:
     batch_size: int = 16
     threshold: Optional[float] = None
     min_area_px: int = 16
+    max_detections: int = 0  # keep the N highest-scoring components; 0 = all
     prompt_mode: Optional[str] = None
     grid_points: Optional[int] = None
 
@@ -57,6 +59,7 @@ class SegmenterConfig:
                 % (self.tile_overlap, self.tile_size))
         _check_int(self, 'batch_size', minimum=1)
         _check_int(self, 'min_area_px', minimum=0)
+        _check_int(self, 'max_detections', minimum=0)
         if self.threshold is not None:
             check_threshold(self.threshold)
         if self.prompt_mode is not None and self.prompt_mode not in PROMPT_MODES:

@@ -165,6 +165,10 @@ class SatSegNode(Node):
             if 'min_area_px' in changes:
                 value = changes['min_area_px']
                 self.segmenter.set_min_area(value if value >= 0 else int(info['min_area_px']))
+            if 'max_detections' in changes:
+                value = changes['max_detections']
+                self.segmenter.set_max_detections(
+                    value if value >= 0 else int(info.get('max_detections', 0)))
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         if 'overlay_alpha' in changes:
@@ -186,6 +190,7 @@ class SatSegNode(Node):
             'backend': self.values['backend'], 'device': self.values['device'],
             'model': self.model_dir, 'model_size': config.model_size,
             'threshold': config.threshold, 'min_area_px': config.min_area_px,
+            'max_detections': config.max_detections,
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -92,6 +92,10 @@ PARAMETERS: List[ParamSpec] = [
               'Connected components smaller than this many input pixels are dropped; -1: the '
               'sat_seg.json value (16). Settable at run time.',
               read_only=False, int_range=(-1, 1 << 30)),
+    ParamSpec('max_detections', -1,
+              'Keep only the N highest-scoring components (0: all); -1: the sat_seg.json value '
+              '(the bundled model: 1, one satellite per frame). Settable at run time.',
+              read_only=False, int_range=(-1, 1 << 20)),
     ParamSpec('qos.reliability', 'auto',
               "Image subscription reliability: 'auto' matches the publishers (reliable when all "
               "offer reliable, as rosbag2 does), or force 'reliable' / 'best_effort'.",
@@ -171,6 +175,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'prompt_mode': unless(values['prompt_mode'], ''),
         'threshold': unless(values['threshold'], 0.0),
         'min_area_px': unless(values['min_area_px'], -1),
+        'max_detections': unless(values['max_detections'], -1),
     }
 
 

@@ -30,12 +30,13 @@ class Detection:
                 'area_px': int(self.area_px)}
 
 
-def find_detections(probability: np.ndarray, mask: np.ndarray,
-                    min_area_px: int) -> Tuple[List[Detection], np.ndarray]:
+def find_detections(probability: np.ndarray, mask: np.ndarray, min_area_px: int,
+                    max_detections: int = 0) -> Tuple[List[Detection], np.ndarray]:
     """Return the mask's components of at least ``min_area_px`` pixels, best first, and the mask.
 
-    The returned mask keeps only those components (HxW bool), so the published mask and the
-    detections always agree.
+    ``max_detections`` > 0 keeps only that many components, highest score first (a scene known
+    to hold at most one satellite uses 1). The returned mask keeps exactly the returned
+    components (HxW bool), so the published mask and the detections always agree.
     """
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                connectivity=8)
@@ -49,13 +50,15 @@ def find_detections(probability: np.ndarray, mask: np.ndarray,
     inside = labels > 0
     peak = np.zeros(count, np.float32)
     np.maximum.at(peak, labels[inside], probability[inside])
+    order = sorted(keep, key=lambda label: (-peak[label], -stats[label, cv2.CC_STAT_AREA]))
+    if max_detections > 0:
+        order = order[:max_detections]
     detections = []
-    for label in keep:
+    for label in order:
         x, y, w, h, area = stats[label]
         detections.append(Detection((int(x), int(y), int(x + w), int(y + h)),
                                     float(peak[label]), int(area)))
-    detections.sort(key=lambda d: (-d.score, -d.area_px))
-    kept_mask = mask if keep.size == count - 1 else np.isin(labels, keep)
+    kept_mask = mask if len(order) == count - 1 else np.isin(labels, order)
     return detections, kept_mask
 
 

@@ -91,6 +91,12 @@ class Segmenter:
             raise ValueError('min_area_px=%r must be an integer >= 0' % (value,))
         self.config.min_area_px = value
 
+    def set_max_detections(self, value: int) -> None:
+        """Change how many components are kept, highest score first (0 = all)."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError('max_detections=%r must be an integer >= 0 (0 = all)' % (value,))
+        self.config.max_detections = value
+
     def model_tiles(self, image: np.ndarray) -> np.ndarray:
         """Return the frame's tiles at the model size, float32 0..255.
 
@@ -136,7 +142,8 @@ class Segmenter:
         probability = self.probability(image, timings)
         start = time.perf_counter()
         detections, mask = find_detections(probability, probability > self.config.threshold,
-                                           self.config.min_area_px)
+                                           self.config.min_area_px,
+                                           self.config.max_detections)
         timings['postprocess'] = time.perf_counter() - start
         timings['total'] = sum(timings.values())
         return Result(probability, mask, detections, bool(detections), timings)

@@ -238,6 +238,10 @@ def test_parameters_change_the_mask_at_run_time_and_bad_values_are_refused(
     assert not refused.successful and 'threshold' in refused.reason
     refused = client.set_parameter('min_area_px', -5)
     assert not refused.successful
+    assert client.set_parameter('max_detections', 1).successful
+    assert client.spin_until(lambda: client.diagnostics.get('max_detections') == '1', 5.0)
+    assert not client.set_parameter('max_detections', -2).successful
+    assert client.set_parameter('max_detections', -1).successful  # back to the model's (0)
     refused = client.set_parameter('model_path', '/elsewhere')
     assert not refused.successful and 'read-only' in refused.reason.lower()
     assert client.set_parameter('threshold', 0.0).successful  # back to the model's
@@ -376,7 +380,7 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
     assert node_config.segmenter_arguments(node_config.defaults()) == {
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
-        'threshold': None, 'min_area_px': None}
+        'threshold': None, 'min_area_px': None, 'max_detections': None}
 
 
 def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):

@@ -108,6 +108,28 @@ def test_detections_are_sorted_and_match_the_mask():
     assert [d.score for d in detections] == pytest.approx([0.9, 0.7])
     assert detections[0].bbox_xyxy == (20, 20, 50, 40) and detections[0].area_px == 600
     assert mask.sum() == 625 and not mask[45, 0]
+    top, top_mask = find_detections(probability, probability > 0.5, min_area_px=4,
+                                    max_detections=1)
+    assert len(top) == 1 and top[0] == detections[0]
+    assert top_mask.sum() == 600 and not top_mask[7, 7]
+
+
+def test_max_detections_comes_from_the_model_and_changes_at_run_time(tiny_model_dir, tmp_path):
+    import shutil
+
+    from sat_seg_ros.config import load_model_info, write_model_info
+
+    folder = tmp_path / 'model'
+    shutil.copytree(tiny_model_dir, folder)
+    write_model_info(folder, dict(load_model_info(folder), max_detections=1))
+    segmenter = Segmenter.from_model(folder, model_size=256)
+    assert segmenter.config.max_detections == 1
+    unlimited = Segmenter.from_model(folder, model_size=256, max_detections=0)
+    assert unlimited.config.max_detections == 0
+    segmenter.set_max_detections(3)
+    assert segmenter.config.max_detections == 3
+    with pytest.raises(ValueError, match='max_detections'):
+        segmenter.set_max_detections(-1)
 
 
 # ---- a real (small, random-weight) SamModel through the whole path -------------------------

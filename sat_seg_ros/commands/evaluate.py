@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
     parser.add_argument('--threshold', type=float, default=None,
                         help="probability threshold (default: the model's sat_seg.json)")
+    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
+                        help='keep the N highest-scoring components (0: all; default: the '
+                             "model's sat_seg.json)")
     parser.add_argument('--limit', type=int, default=0,
                         help='evaluate only the first N images (default: all)')
     parser.add_argument('--gallery', type=Path, default=None,
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         gallery = args.json.with_name(args.json.stem + '_failures.png')
     report = evaluate(args.dataset, args.model, args.sizes, backend=args.backend,
                       device=args.device, threshold=args.threshold, limit=args.limit,
-                      gallery=gallery)
+                      gallery=gallery, max_detections=args.max_detections)
     print(format_table(report))
     if gallery is not None:
         print('failure gallery: %s' % gallery)

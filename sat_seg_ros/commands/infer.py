@@ -32,6 +32,9 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability threshold (default: the model's, else 0.65)")
     parser.add_argument('--min-area', type=int, default=None, dest='min_area_px',
                         help='ignore components smaller than this many pixels')
+    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
+                        help='keep the N highest-scoring components (0: all; default: the '
+                             "model's)")
     parser.add_argument('--tile-overlap', type=int, default=None, dest='tile_overlap',
                         help='overlap of neighbouring tiles in pixels (blended)')
     parser.add_argument('--batch-size', type=int, default=None, dest='batch_size',
@@ -45,8 +48,8 @@ def segmenter_from_args(args: argparse.Namespace):
     from sat_seg_ros.segmenter import Segmenter
 
     overrides = {name: getattr(args, name) for name in
-                 ('model_size', 'threshold', 'min_area_px', 'tile_overlap', 'batch_size',
-                  'prompt_mode')}
+                 ('model_size', 'threshold', 'min_area_px', 'max_detections', 'tile_overlap',
+                  'batch_size', 'prompt_mode')}
     return Segmenter.from_model(args.model, backend=args.backend, device=args.device,
                                 **overrides)
 

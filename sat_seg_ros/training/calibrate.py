@@ -22,14 +22,14 @@ DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.0
 
 def sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
           thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-          min_area_px: int = 16) -> Dict[str, Any]:
+          min_area_px: int = 16, max_detections: int = 0) -> Dict[str, Any]:
     """Score every threshold; return {'best_threshold', 'best', 'table': [{threshold, ...}]}."""
     if len(probabilities) != len(truths) or not probabilities:
         raise ValueError('need as many probability maps as masks, and at least one (got %d, %d)'
                          % (len(probabilities), len(truths)))
     table = []
     for threshold in thresholds:
-        pairs = ((find_detections(p, p > threshold, min_area_px)[1], t)
+        pairs = ((find_detections(p, p > threshold, min_area_px, max_detections)[1], t)
                  for p, t in zip(probabilities, truths))
         row = metrics.summarize(pairs)
         row['threshold'] = float(threshold)
@@ -42,24 +42,32 @@ def sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
 def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               model_size: Optional[int] = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               limit: int = 0, write: bool = True,
-              plot: Optional[os.PathLike | str] = None) -> Dict[str, Any]:
-    """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json."""
+              plot: Optional[os.PathLike | str] = None,
+              max_detections: Optional[int] = None) -> Dict[str, Any]:
+    """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json.
+
+    ``max_detections`` (None: the model's) is applied during the sweep and written with the
+    threshold, so the stored pair is the one that was measured.
+    """
     from sat_seg_ros.config import load_model_info, MODEL_INFO_FILE, write_model_info
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_ros.training.dataset import load_dataset
 
     records = list(load_dataset(dataset_dir))
     records = records[:limit] if limit > 0 else records
-    segmenter = Segmenter.from_model(model_dir, model_size=model_size)
+    segmenter = Segmenter.from_model(model_dir, model_size=model_size,
+                                     max_detections=max_detections)
     probabilities, truths = [], []
     for record in records:
         image = record.read_image()
         probabilities.append(segmenter.probability(image))
         mask = record.read_mask() if record.positive else None
         truths.append(mask if mask is not None else np.zeros(image.shape[:2], bool))
-    result = sweep(probabilities, truths, thresholds, segmenter.config.min_area_px)
+    result = sweep(probabilities, truths, thresholds, segmenter.config.min_area_px,
+                   segmenter.config.max_detections)
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
-                   'images': len(records), 'previous_threshold': segmenter.config.threshold})
+                   'images': len(records), 'previous_threshold': segmenter.config.threshold,
+                   'max_detections': segmenter.config.max_detections})
     segmenter.close()
     if plot is not None:
         result['plot'] = str(plot_sweep(result, Path(plot)))
@@ -67,9 +75,11 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         path = Path(model_dir) / MODEL_INFO_FILE
         info = json.loads(path.read_text()) if path.is_file() else {}
         info['threshold'] = result['best_threshold']
+        info['max_detections'] = result['max_detections']
         info['calibration'] = {
             'dataset': str(dataset_dir), 'images': len(records),
-            'model_size': result['model_size'], 'accuracy': result['best']['accuracy'],
+            'model_size': result['model_size'], 'max_detections': result['max_detections'],
+            'accuracy': result['best']['accuracy'],
             'mean_iou': result['best']['mean_iou'],
             'thresholds': [thresholds[0], thresholds[-1], len(thresholds)]}
         write_model_info(model_dir, info)

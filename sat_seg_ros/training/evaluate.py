@@ -47,7 +47,8 @@ def machine_description() -> str:
 def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
              sizes: Sequence[int] = (512,), backend: str = 'torch', device: str = 'cpu',
              threshold: Optional[float] = None, limit: int = 0,
-             gallery: Optional[os.PathLike | str] = None) -> Dict[str, Any]:
+             gallery: Optional[os.PathLike | str] = None,
+             max_detections: Optional[int] = None) -> Dict[str, Any]:
     """Return Table 1 rows (one per size) for ``model_dir`` (None: bundled) on ``dataset_dir``.
 
     ``limit`` > 0 evaluates the first ``limit`` images only. ``gallery`` writes a PNG of the
@@ -70,7 +71,8 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
     predictions: Dict[str, np.ndarray] = {}
     for size in sizes:
         segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
-                                         model_size=int(size), threshold=threshold)
+                                         model_size=int(size), threshold=threshold,
+                                         max_detections=max_detections)
         pairs, seconds, results = [], [], []
         for record in tqdm(records, desc='evaluate %d' % size, unit='img', leave=False):
             image = record.read_image()
@@ -88,6 +90,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
         summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
                         'threshold': segmenter.config.threshold,
                         'prompt_mode': segmenter.config.prompt_mode,
+                        'max_detections': segmenter.config.max_detections,
                         'backend': backend, 'device': device})
         rows.append(summary)
         outcomes[int(size)] = results
