@@ -133,3 +133,12 @@ def test_eager_mode_is_available_and_bad_workers_are_refused(tiny_model_dir):
     backend.close()
     with pytest.raises(ValueError, match='workers'):
         TorchBackend(tiny_model_dir, workers=-1)
+
+
+def test_a_1024_input_model_runs_eagerly_in_one_batch_by_default(tmp_path):
+    from sat_seg_ros.backends.torch_backend import TorchBackend
+
+    path = make_tiny_model(tmp_path / 'm1024', image_size=1024, seed=5, window_size=8)
+    backend = TorchBackend(path, prompt_mode='box', threads=2)
+    assert backend.workers == 1 and backend.worker_threads == 2 and not backend.frozen
+    backend.close()

@@ -11,6 +11,9 @@ from torch import nn
 
 from sat_seg_ros.backends import Backend, prompt_arrays
 
+#: Largest model input treated as compact (CPU workers and a frozen graph by default).
+COMPACT_INPUT_SIZE = 512
+
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
@@ -97,11 +100,13 @@ def freeze_predictor(module: nn.Module, input_size: int):
 class TorchBackend(Backend):
     """Runs the tile predictor with torch in inference mode; fp16/bf16 optional on a GPU.
 
-    On the CPU a batch of tiles is split into ``workers`` chunks that run concurrently, each on
-    one intra-op thread (torch releases the GIL inside its kernels). SAM's small per-tile
-    matrices keep one OpenMP team of all cores waiting on itself; measured on the 2-core
-    development machine, 4 tiles of the bench's small model took ~38 ms as 2 workers x 1 thread
-    against ~40-60 ms as one batch on 2 threads and ~70 ms on 1 thread (README, Performance).
+    On the CPU, for compact models (input <= 512), a batch of tiles is split into ``workers``
+    chunks that run concurrently, each on one intra-op thread, through a frozen TorchScript
+    graph (which releases the GIL for the whole forward pass). A compact model's small matrices
+    keep one OpenMP team of all cores waiting on itself; measured on the 2-core development
+    machine, 4 tiles of the bench's small model took ~38 ms as 2 workers x 1 thread against
+    ~40-60 ms as one batch on 2 threads and ~70 ms on 1 thread (README, Measured results).
+    ``workers=1`` and ``freeze=False`` restore plain eager batches.
     """
 
     name = 'torch'
@@ -109,7 +114,7 @@ class TorchBackend(Backend):
     def __init__(self, model_dir: os.PathLike | str, device: str = 'cpu',
                  prompt_mode: str = 'grid', grid_points: int = 4, dtype: str = 'float32',
                  threads: Optional[int] = None, workers: Optional[int] = None,
-                 freeze: bool = True) -> None:
+                 freeze: Optional[bool] = None) -> None:
         super().__init__(model_dir, prompt_mode, grid_points)
         from transformers import SamModel
         from transformers.utils import logging as hf_logging
@@ -129,13 +134,20 @@ class TorchBackend(Backend):
         self.module.requires_grad_(False)
         self.eager = self.module  # the nn.Module (e.g. for FLOP counting; a frozen graph hides it)
         self.frozen = False
+        # Compact models (input <= 512, e.g. 256-input tile models) gain from workers and a
+        # frozen graph; SAM ViT-B/L/H layouts (1024 input) have matrices large enough for one
+        # team of all threads (workers measured 0.77x the tutorial pipeline for ViT-B against
+        # 0.94x for one batch on 2 threads), and tracing them costs a full forward pass.
+        compact = self.input_size <= COMPACT_INPUT_SIZE
+        if freeze is None:
+            freeze = compact
         if freeze and self.device.type == 'cpu' and self.dtype == torch.float32:
             self.module, self.frozen = freeze_predictor(self.module, self.input_size)
         cores = int(threads) if threads else torch.get_num_threads()
         if self.device.type != 'cpu':
             workers = 1
         elif not workers:
-            workers = min(cores, 4)
+            workers = min(cores, 4) if compact else 1
         self.workers = max(1, int(workers))
         self.worker_threads = max(1, cores // self.workers)
         self._pool = None
