@@ -14,6 +14,7 @@ continues exactly as the uninterrupted one would have.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 import json
 import logging
@@ -87,6 +88,7 @@ class TrainConfig:
     min_area_px: int = 16
     seed: int = 0
     threads: int = 2
+    workers: int = 1  # CPU: the batch split over concurrent workers, threads // workers each
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
 
     def __post_init__(self) -> None:
@@ -114,7 +116,8 @@ class TrainConfig:
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
                              % (self.steps, self.epochs))
-        for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size'):
+        for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
+                     'workers'):
             if getattr(self, name) < 1:
                 raise ValueError('%s=%r must be >= 1' % (name, getattr(self, name)))
 
@@ -201,12 +204,19 @@ class TilePool:
     positive: np.ndarray  # (N,) bool
 
 
-def _return_freed_memory_to_the_os() -> None:
-    """Make glibc serve large arrays from mmap so freed scene and tile buffers leave the process.
+#: glibc mmap thresholds: small while the tile pool is built, large while training.
+POOL_MMAP_THRESHOLD = 128 * 1024
+TRAIN_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit
 
-    With glibc's adaptive threshold, the thousands of ~300 KB arrays of the pool build end up on
-    the heap and the process keeps ~10 GB resident for a ~4 GB pool (measured); a fixed 128 KB
-    threshold keeps it near the pool's size. A no-op where glibc is absent.
+
+def _set_mmap_threshold(size: int) -> None:
+    """Set glibc's M_MMAP_THRESHOLD (a no-op where glibc is absent).
+
+    While the pool is built, a 128 KB threshold serves the thousands of ~300 KB scene and tile
+    arrays from mmap, so freed ones leave the process: with glibc's adaptive threshold it kept
+    ~10 GB resident for a ~4 GB pool (measured). Training must not keep it: every activation
+    then costs an mmap, page faults and an munmap, and a sat-p16 step took 1.19 s instead of
+    0.61 s (measured); 32 MB after the build gives the heap's reuse back.
     """
     import ctypes
     import ctypes.util
@@ -215,7 +225,7 @@ def _return_freed_memory_to_the_os() -> None:
     if name is None:
         return
     try:
-        ctypes.CDLL(name).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        ctypes.CDLL(name).mallopt(-3, int(size))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -372,6 +382,39 @@ def apply_freeze(model, prefixes: Sequence[str]) -> int:
     return trainable
 
 
+def _forward_backward(chunk_loss, batch: int, workers: int, threads: int):
+    """Run ``chunk_loss(rows, scale)`` over the batch; return the batch loss (a tensor).
+
+    With ``workers`` > 1 the batch is split into that many row ranges that run forward and
+    backward concurrently, each on ``threads`` intra-op thread(s) (torch releases the GIL in its
+    kernels and accumulates the gradients of the shared parameters under its own lock). Each
+    chunk's loss is scaled by its share of the batch, so the gradient is the batch mean's for
+    the pixel terms; Dice averages over each chunk's positive tiles. Two chunks sum in either
+    order to the same bits, so a step stays deterministic.
+    """
+    import torch
+
+    workers = max(1, min(workers, batch))
+    if workers == 1:
+        return chunk_loss(slice(0, batch), 1.0)
+    bounds = np.linspace(0, batch, workers + 1).round().astype(int)
+    rows = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    scales = [(r.stop - r.start) / batch for r in rows]
+
+    def run(index: int):
+        torch.set_num_threads(threads)
+        return chunk_loss(rows[index], scales[index])
+
+    previous = torch.get_num_threads()
+    with ThreadPoolExecutor(workers - 1) as pool:
+        futures = [pool.submit(run, index) for index in range(1, workers)]
+        try:
+            losses = [run(0)] + [future.result() for future in futures]
+        finally:
+            torch.set_num_threads(previous)
+    return sum(loss * scale for loss, scale in zip(losses, scales))
+
+
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     """Linear warmup then cosine decay to 5 % (or constant)."""
     if step < config.warmup_steps:
@@ -469,7 +512,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     from sat_seg_ros.backends.torch_backend import SamTilePredictor
 
     torch.set_num_threads(config.threads)
-    _return_freed_memory_to_the_os()
+    _set_mmap_threshold(POOL_MMAP_THRESHOLD)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,7 +521,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     checkpoint = None
     if resume and (out / 'last.pt').is_file():
         checkpoint = read_checkpoint(out / 'last.pt')
-        if checkpoint['train_config'] != dataclasses.asdict(config):
+        current = dataclasses.asdict(config)
+        # Settings added after the checkpoint was written count as unchanged.
+        if dict(current, **checkpoint['train_config']) != current:
             raise ValueError('%s/last.pt was written with a different config; use another '
                              'out_dir or pass --no-resume to start over' % out)
         model = model_from_checkpoint(checkpoint)
@@ -489,6 +534,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
     pool = build_pool(load_scenes(config.data, config.scenes, config.seed), config, config.seed)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000)
+    _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
     steps = total_steps(config, len(pool.tiles))
     LOG.info('pool: %d tiles (%d positive); %d steps of %d; %d trainable parameters',
              len(pool.tiles), int(pool.positive.sum()), steps, config.batch_size, trainable)
@@ -507,6 +553,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
     net, optimizer = accelerator.prepare(net, optimizer)
     net.train()
+    workers = config.workers if accelerator.device.type == 'cpu' else 1
+    worker_threads = max(1, config.threads // workers)
+    if workers > 1:
+        LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
+                 workers, worker_threads)
 
     def save(kind: str) -> None:
         state = {'model': accelerator.unwrap_model(model).state_dict(),
@@ -529,18 +580,25 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
         for group in optimizer.param_groups:
             group['lr'] = learning_rate(config, step, steps)
-        if fixed:
-            low_res = net(pixels)
-        else:
-            boxes = jittered_boxes(masks, input_size, config.box_jitter, rng)
-            low_res = net(pixel_values=pixels, input_boxes=torch.from_numpy(boxes).to(
-                accelerator.device), multimask_output=False).pred_masks[:, 0, 0]
-        logits = torch.nn.functional.interpolate(
-            low_res[:, None], size=target.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
-        loss = segmentation_loss(config.loss, logits, target, config.pos_weight,
-                                 config.dice_weight)
+        boxes = None if fixed else torch.from_numpy(
+            jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
+
+        def chunk_loss(rows: slice, backward_scale: float):
+            if fixed:
+                low_res = net(pixels[rows])
+            else:
+                low_res = net(pixel_values=pixels[rows], input_boxes=boxes[rows],
+                              multimask_output=False).pred_masks[:, 0, 0]
+            logits = torch.nn.functional.interpolate(
+                low_res[:, None], size=target.shape[-2:], mode='bilinear',
+                align_corners=False)[:, 0]
+            value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
+                                      config.dice_weight)
+            accelerator.backward(value * backward_scale)
+            return value.detach()
+
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
