@@ -75,8 +75,8 @@ def freeze_predictor(module: nn.Module, input_size: int):
 
     A frozen trace folds the fixed prompt and positional buffers into the graph and runs the
     whole forward pass in C++, without the GIL, which the concurrent CPU workers need: measured
-    ~10-15 % faster per frame on the 2-core machine (README, Performance). The trace keeps the
-    batch dimension dynamic; a model it cannot trace runs eagerly, with a log line.
+    ~10-15 % faster per frame on the 2-core machine (README, Measured results). The trace keeps
+    the batch dimension dynamic; a model it cannot trace runs eagerly, with a log line.
     """
     import logging
     import warnings
