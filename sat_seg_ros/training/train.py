@@ -42,6 +42,10 @@ TRAIN_PROMPTS = ('inference', 'bbox_jitter')
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
+#: TrainConfig fields a resumed run may change: they decide where and how long it runs, not what.
+RUN_ONLY_SETTINGS = ('threads', 'workers', 'max_minutes', 'log_every', 'checkpoint_every')
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a run depends on; stored in every checkpoint and in the model's provenance."""
@@ -522,8 +526,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if resume and (out / 'last.pt').is_file():
         checkpoint = read_checkpoint(out / 'last.pt')
         current = dataclasses.asdict(config)
-        # Settings added after the checkpoint was written count as unchanged.
-        if dict(current, **checkpoint['train_config']) != current:
+        # Settings added after the checkpoint was written count as unchanged, and so do the
+        # ones that say where and how long it runs, not what it computes (e.g. continue a run
+        # with more threads once a second run has finished).
+        stored = {key: value for key, value in checkpoint['train_config'].items()
+                  if key not in RUN_ONLY_SETTINGS}
+        if dict(current, **stored) != current:
             raise ValueError('%s/last.pt was written with a different config; use another '
                              'out_dir or pass --no-resume to start over' % out)
         model = model_from_checkpoint(checkpoint)
