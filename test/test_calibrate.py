@@ -68,3 +68,13 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     assert info['calibration']['images'] == 2
     assert info['provenance'] == {'kept': True}
     assert (tmp_path / 'sweep.png').stat().st_size > 1000
+    assert info['min_area_px'] == 16 and info['max_detections'] == 0
+    # Sweeping the component filter too: the pair that was best is the pair that is written.
+    swept = calibrate(model, tmp_path / 'val', model_size=256, thresholds=[0.3, 0.5, 0.7],
+                      min_areas=[1, 5000], max_detections=1)
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert [row['min_area_px'] for row in swept['min_area_sweep']] == [1, 5000]
+    best = max(swept['min_area_sweep'], key=lambda r: (r['accuracy'], r['mean_iou']))
+    assert swept['best']['accuracy'] == best['accuracy']
+    assert info['min_area_px'] == swept['min_area_px'] and info['max_detections'] == 1
+    assert info['threshold'] == swept['best_threshold']

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
                         help='keep the N highest-scoring components during the sweep and store '
                              "it (0: all; default: the model's)")
+    parser.add_argument('--min-areas', default='', dest='min_areas',
+                        help='also sweep the smallest kept component, e.g. 16,64,128 (pixels; '
+                             "default: the model's min_area_px only)")
     parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
     parser.add_argument('--plot', type=Path, default=None,
                         help='sweep plot PNG (default: MODEL/calibration.png)')
@@ -31,17 +34,23 @@ def run(args: argparse.Namespace) -> int:
 
     plot = args.plot or args.model / 'calibration.png'
     result = calibrate(args.model, args.dataset, args.model_size, limit=args.limit,
-                       write=not args.dry_run, plot=plot, max_detections=args.max_detections)
+                       write=not args.dry_run, plot=plot, max_detections=args.max_detections,
+                       min_areas=[int(v) for v in args.min_areas.split(',') if v.strip()])
     print('%9s %9s %9s %10s %8s' % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall'))
     for row in result['table']:
         print('%9.3f %9.3f %9.3f %10.3f %8.3f' % (row['threshold'], row['accuracy'],
                                                   row['mean_iou'], row['precision'],
                                                   row['recall']))
     best = result['best']
-    print('chosen threshold %.3f (accuracy %.3f, mean IoU %.3f) at model size %d, '
-          'max_detections %d, on %d images; previous %.3f%s'
-          % (result['best_threshold'], best['accuracy'], best['mean_iou'], result['model_size'],
-             result['max_detections'], result['images'], result['previous_threshold'],
+    if len(result['min_area_sweep']) > 1:
+        for row in result['min_area_sweep']:
+            print('min_area_px %5d: best threshold %.3f, accuracy %.3f, mean IoU %.3f'
+                  % (row['min_area_px'], row['threshold'], row['accuracy'], row['mean_iou']))
+    print('chosen threshold %.3f, min_area_px %d (accuracy %.3f, mean IoU %.3f) at model size '
+          '%d, max_detections %d, on %d images; previous threshold %.3f%s'
+          % (result['best_threshold'], result['min_area_px'], best['accuracy'],
+             best['mean_iou'], result['model_size'], result['max_detections'],
+             result['images'], result['previous_threshold'],
              '' if args.dry_run else '; written to sat_seg.json'))
     print('plot: %s' % plot)
     return 0

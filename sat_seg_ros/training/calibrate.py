@@ -43,11 +43,14 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               model_size: Optional[int] = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               limit: int = 0, write: bool = True,
               plot: Optional[os.PathLike | str] = None,
-              max_detections: Optional[int] = None) -> Dict[str, Any]:
+              max_detections: Optional[int] = None,
+              min_areas: Sequence[int] = ()) -> Dict[str, Any]:
     """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json.
 
     ``max_detections`` (None: the model's) is applied during the sweep and written with the
-    threshold, so the stored pair is the one that was measured.
+    threshold, so the stored pair is the one that was measured. ``min_areas`` also sweeps the
+    smallest kept component (pixels); the best (accuracy, mean IoU) pair wins and both are
+    written. Empty: the model's ``min_area_px`` only.
     """
     from sat_seg_ros.config import load_model_info, MODEL_INFO_FILE, write_model_info
     from sat_seg_ros.segmenter import Segmenter
@@ -63,8 +66,18 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         probabilities.append(segmenter.probability(image))
         mask = record.read_mask() if record.positive else None
         truths.append(mask if mask is not None else np.zeros(image.shape[:2], bool))
-    result = sweep(probabilities, truths, thresholds, segmenter.config.min_area_px,
-                   segmenter.config.max_detections)
+    candidates = []
+    for min_area in (list(min_areas) or [segmenter.config.min_area_px]):
+        candidate = sweep(probabilities, truths, thresholds, int(min_area),
+                          segmenter.config.max_detections)
+        candidate['min_area_px'] = int(min_area)
+        candidates.append(candidate)
+    result = max(candidates, key=lambda c: (c['best']['accuracy'],
+                                            np.nan_to_num(c['best']['mean_iou'], nan=-1.0)))
+    result['min_area_sweep'] = [{'min_area_px': c['min_area_px'],
+                                 'threshold': c['best_threshold'],
+                                 'accuracy': c['best']['accuracy'],
+                                 'mean_iou': c['best']['mean_iou']} for c in candidates]
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
                    'images': len(records), 'previous_threshold': segmenter.config.threshold,
                    'max_detections': segmenter.config.max_detections})
@@ -76,9 +89,11 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         info = json.loads(path.read_text()) if path.is_file() else {}
         info['threshold'] = result['best_threshold']
         info['max_detections'] = result['max_detections']
+        info['min_area_px'] = result['min_area_px']
         info['calibration'] = {
             'dataset': str(dataset_dir), 'images': len(records),
             'model_size': result['model_size'], 'max_detections': result['max_detections'],
+            'min_area_px': result['min_area_px'],
             'accuracy': result['best']['accuracy'],
             'mean_iou': result['best']['mean_iou'],
             'thresholds': [thresholds[0], thresholds[-1], len(thresholds)]}
