@@ -126,18 +126,22 @@ def test_bad_settings_are_named():
         load_config(None, ['stepz=3'])
     with pytest.raises(ValueError, match='steps'):
         TrainConfig()
+    with pytest.raises(ValueError, match='max_detections'):
+        TrainConfig(steps=1, max_detections=-1)
 
 
 def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_ros.training.train import export_checkpoint
 
-    config = micro_config(tmp_path, steps=2)
+    config = micro_config(tmp_path, steps=2, max_detections=1)
     train(config, progress=False)
     model_dir = export_checkpoint(Path(config.out_dir) / 'last.pt', tmp_path / 'model')
     info = json.loads((model_dir / 'sat_seg.json').read_text())
     assert info['provenance']['step'] == 2 and info['tile_size'] == 64
+    assert info['max_detections'] == 1
     segmenter = Segmenter.from_model(model_dir)
+    assert segmenter.config.max_detections == 1
     result = segmenter.segment(np.zeros((100, 120), np.uint8))
     assert result.mask.shape == (100, 120)
 

@@ -29,10 +29,8 @@ import numpy as np
 
 from sat_seg_ros.backends import Backend
 from sat_seg_ros.config import atomic_write_text, SegmenterConfig, write_model_info
-from sat_seg_ros.postprocess import find_detections
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
-from sat_seg_ros.training import metrics
 from sat_seg_ros.training.losses import LOSSES, segmentation_loss
 from sat_seg_ros.training.models import ARCHITECTURES
 
@@ -90,6 +88,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 25
     min_area_px: int = 16
+    max_detections: int = 0  # validation and the exported sat_seg.json keep this many components
     seed: int = 0
     threads: int = 2
     workers: int = 1  # CPU: the batch split over concurrent workers, threads // workers each
@@ -120,6 +119,9 @@ class TrainConfig:
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
                              % (self.steps, self.epochs))
+        if self.max_detections < 0:
+            raise ValueError('max_detections=%r must be >= 0 (0 keeps every component)'
+                             % self.max_detections)
         for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
                      'workers'):
             if getattr(self, name) < 1:
@@ -452,22 +454,25 @@ class ModuleBackend(Backend):
 
 def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
              model_size: int = 512, min_area_px: int = 16, tile_size: int = 256,
-             thresholds: Sequence[float] = THRESHOLDS) -> Dict[str, Any]:
-    """Segment every scene with the Segmenter; return metrics per threshold and the best one."""
+             thresholds: Sequence[float] = THRESHOLDS, max_detections: int = 0
+             ) -> Dict[str, Any]:
+    """Segment every scene with the Segmenter; return metrics per threshold and the best one.
+
+    The post-processing is the runtime's (``min_area_px``, ``max_detections``), scored by
+    ``calibrate.sweep`` exactly as ``sat-seg calibrate`` scores it.
+    """
+    from sat_seg_ros.training.calibrate import sweep
+
     backend = ModuleBackend(model, prompt_mode, grid_points)
     segmenter = Segmenter(backend, SegmenterConfig(
         model_size=model_size, tile_size=tile_size, threshold=0.5, min_area_px=min_area_px,
         prompt_mode=prompt_mode, grid_points=grid_points))
     probabilities = [segmenter.probability(scene.image) for scene in scenes]
-    per_threshold = {}
-    for threshold in thresholds:
-        pairs = ((find_detections(p, p > threshold, min_area_px)[1], scene.mask)
-                 for p, scene in zip(probabilities, scenes))
-        per_threshold[float(threshold)] = metrics.summarize(pairs)
-    best = max(per_threshold, key=lambda k: (per_threshold[k]['accuracy'],
-                                             per_threshold[k]['mean_iou']))
-    return {'best_threshold': best, 'accuracy': per_threshold[best]['accuracy'],
-            'mean_iou': per_threshold[best]['mean_iou'], 'per_threshold': per_threshold}
+    result = sweep(probabilities, [scene.mask for scene in scenes], thresholds, min_area_px,
+                   max_detections)
+    per_threshold = {row['threshold']: row for row in result['table']}
+    return {'best_threshold': result['best_threshold'], 'accuracy': result['best']['accuracy'],
+            'mean_iou': result['best']['mean_iou'], 'per_threshold': per_threshold}
 
 
 def export_model(model, directory: Path, config: TrainConfig, threshold: float,
@@ -483,7 +488,7 @@ def export_model(model, directory: Path, config: TrainConfig, threshold: float,
         'model_size': config.model_sizes[0], 'tile_size': config.tile_size, 'tile_overlap': 0,
         'prompt_mode': config.prompt_mode, 'grid_points': config.grid_points,
         'threshold': float(threshold), 'min_area_px': config.min_area_px,
-        'provenance': provenance})
+        'max_detections': config.max_detections, 'provenance': provenance})
     directory.mkdir(parents=True, exist_ok=True)
     for item in tmp.iterdir():
         item.chmod(0o644)  # save_pretrained may create owner-only files; the package ships them
@@ -626,7 +631,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             net.eval()
             result = validate(accelerator.unwrap_model(model), val_scenes, config.prompt_mode,
                               config.grid_points, config.model_sizes[0], config.min_area_px,
-                              config.tile_size)
+                              config.tile_size, max_detections=config.max_detections)
             net.train()
             entry = {'step': step, 'val_accuracy': result['accuracy'],
                      'val_mean_iou': result['mean_iou'],
