@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from sat_seg_ros.backends import Backend
-from sat_seg_ros.config import atomic_write_text, SegmenterConfig, write_model_info
+from sat_seg_ros.config import _check_int, atomic_write_text, SegmenterConfig, write_model_info
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
 from sat_seg_ros.training.losses import LOSSES, segmentation_loss
@@ -119,9 +119,7 @@ class TrainConfig:
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
                              % (self.steps, self.epochs))
-        if self.max_detections < 0:
-            raise ValueError('max_detections=%r must be >= 0 (0 keeps every component)'
-                             % self.max_detections)
+        _check_int(self, 'max_detections', minimum=0)  # 0 keeps every component
         for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
                      'workers'):
             if getattr(self, name) < 1:
@@ -456,7 +454,7 @@ def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
              model_size: int = 512, min_area_px: int = 16, tile_size: int = 256,
              thresholds: Sequence[float] = THRESHOLDS, max_detections: int = 0
              ) -> Dict[str, Any]:
-    """Segment every scene with the Segmenter; return metrics per threshold and the best one.
+    """Segment every scene with the Segmenter; return the best threshold's metrics and the table.
 
     The post-processing is the runtime's (``min_area_px``, ``max_detections``), scored by
     ``calibrate.sweep`` exactly as ``sat-seg calibrate`` scores it.
@@ -470,9 +468,8 @@ def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
     probabilities = [segmenter.probability(scene.image) for scene in scenes]
     result = sweep(probabilities, [scene.mask for scene in scenes], thresholds, min_area_px,
                    max_detections)
-    per_threshold = {row['threshold']: row for row in result['table']}
     return {'best_threshold': result['best_threshold'], 'accuracy': result['best']['accuracy'],
-            'mean_iou': result['best']['mean_iou'], 'per_threshold': per_threshold}
+            'mean_iou': result['best']['mean_iou'], 'table': result['table']}
 
 
 def export_model(model, directory: Path, config: TrainConfig, threshold: float,
