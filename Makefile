@@ -40,7 +40,7 @@ demo: setup
 	$(VENV)/bin/sat-seg demo
 
 lint: setup
-	$(PY) -m flake8 sat_seg_ros test setup.py launch
+	$(PY) -m flake8 sat_seg_ros training test setup.py launch benchmarks scripts
 
 bench: setup
 	$(VENV)/bin/sat-seg bench

@@ -6,6 +6,10 @@ import os
 from setuptools import find_namespace_packages, setup
 
 PACKAGE = 'sat_seg_ros'
+#: The offline tools (data, training, calibration, evaluation, export) live in the top-level
+#: training/ folder and install as the package sat_seg_training (a name of our own, so that no
+#: generic top-level 'training' package lands in site-packages). The runtime never imports it.
+TRAINING = 'sat_seg_training'
 
 EXTRAS = {
     'cv': ['opencv-python-headless>=4.5'],
@@ -41,7 +45,10 @@ setup(
     version='0.1.0',
     # Namespace discovery also picks up the data folders (models/default, data/sample_bag).
     packages=find_namespace_packages(include=[PACKAGE, PACKAGE + '.*'],
-                                     exclude=['*.__pycache__']),
+                                     exclude=['*.__pycache__'])
+    + [TRAINING] + [TRAINING + '.' + name for name in find_namespace_packages(
+        'training', exclude=['*.__pycache__'])],
+    package_dir={TRAINING: 'training'},
     package_data={'': ['*.json', '*.safetensors', '*.onnx', '*.mcap', '*.yaml', '*.png']},
     data_files=data_files(),
     install_requires=['setuptools', 'numpy', 'pyyaml'],

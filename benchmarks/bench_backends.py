@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from sat_seg_ros.commands.bench import SMALL, synthetic_frames
     from sat_seg_ros.testing import make_tiny_model
-    from sat_seg_ros.training.export import export_model
+    from sat_seg_training.export import export_model
 
     workdir = tempfile.mkdtemp(prefix='bench_backends_')
     try:

@@ -244,7 +244,7 @@ def make_bag(dataset_dir: os.PathLike | str, out: os.PathLike | str, rate_hz: fl
     Frames are stamped ``FIRST_STAMP_NS + i / rate_hz``. A true mask is written for every frame
     whose truth is known: its mask file, or an all-zero mask for an image without a satellite.
     """
-    from sat_seg_ros.training.dataset import load_dataset
+    from sat_seg_training.dataset import load_dataset
 
     if not rate_hz > 0:
         raise ValueError('rate_hz=%r must be > 0' % (rate_hz,))

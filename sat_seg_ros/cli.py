@@ -12,22 +12,32 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-#: name -> (module under sat_seg_ros.commands, one-line help shown by ``sat-seg --help``).
+RUNTIME = 'sat_seg_ros.commands.'
+OFFLINE = 'sat_seg_training.commands.'  # the top-level training/ folder, imported only here
+#: name -> (module, one-line help shown by ``sat-seg --help``). Runtime commands live in
+#: sat_seg_ros; the offline ones in training/, which only the commands that need it import.
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    'infer': ('infer', 'segment image files or folders into masks and detections.json'),
-    'evaluate': ('evaluate', "the report's Table 1 for a model on a dataset"),
-    'bench': ('bench', 'latency, GFLOP and peak memory per frame vs the naive pipeline'),
-    'synth': ('synth', 'generate a synthetic aerial dataset with satellites'),
-    'import': ('importers', 'convert COCO / YOLO / CSV bbox labels into the dataset layout'),
-    'label': ('label', 'derive masks from bbox labels (SAM automatic, SAM box, GrabCut)'),
-    'patches': ('patches', 'cut multi-scale 256 px training patches from a dataset'),
-    'split': ('split', 'split a dataset into train / val / test by image'),
-    'train': ('train', 'fine-tune a SamModel on a patch set'),
-    'calibrate': ('calibrate', 'choose the threshold on validation and store it in sat_seg.json'),
-    'export': ('export', 'export a model to ONNX for onnxruntime / TensorRT'),
-    'build-engine': ('build_engine', 'build a TensorRT engine from an exported ONNX graph'),
-    'bag': ('bag', 'rosbag2 tools: make a camera bag, run the segmenter offline, play a bag'),
-    'demo': ('demo', 'the main job on the bundled sample: node + replay over DDS, summary'),
+    'infer': (RUNTIME + 'infer', 'segment image files or folders into masks and detections.json'),
+    'evaluate': (OFFLINE + 'evaluate', "the report's Table 1 for a model on a dataset"),
+    'bench': (RUNTIME + 'bench', 'latency, GFLOP and peak memory per frame vs the naive pipeline'),
+    'synth': (OFFLINE + 'synth', 'generate a synthetic aerial dataset with satellites'),
+    'import': (OFFLINE + 'importers', 'convert COCO / YOLO / CSV bbox labels into the dataset '
+                                      'layout'),
+    'label': (OFFLINE + 'label', 'derive masks from bbox labels (SAM automatic, SAM box, '
+                                 'GrabCut)'),
+    'patches': (OFFLINE + 'patches', 'cut multi-scale 256 px training patches from a dataset'),
+    'split': (OFFLINE + 'split', 'split a dataset into train / val / test by image'),
+    'train': (OFFLINE + 'train', 'train a compact SAM or fine-tune a SamModel (YAML recipe)'),
+    'calibrate': (OFFLINE + 'calibrate', 'choose the threshold on validation and store it in '
+                                         'sat_seg.json'),
+    'export': (OFFLINE + 'export', 'export a model to a self-contained ONNX folder for '
+                                   'onnxruntime / TensorRT'),
+    'build-engine': (RUNTIME + 'build_engine',
+                     'build a TensorRT engine from an exported ONNX graph'),
+    'bag': (RUNTIME + 'bag', 'rosbag2 tools: make a camera bag, run the segmenter offline, play '
+                             'a bag'),
+    'demo': (RUNTIME + 'demo', 'the main job on the bundled sample: node + replay over DDS, '
+                               'summary'),
 }
 
 
@@ -65,7 +75,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.parse_args(argv[:1])  # exits with argparse's message for an unknown command
         return 2
     name = argv[0]
-    module = importlib.import_module('sat_seg_ros.commands.' + COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ImportError as error:
+        print('sat-seg %s: error: this command needs a package that is not installed (%s); '
+              "install the offline tools with pip install '.[all]'" % (name, error),
+              file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog='sat-seg ' + name, description=module.HELP)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -114,9 +114,12 @@ def image_to_frame(msg: Any) -> np.ndarray:
     """Decode an Image message into the Segmenter's frame: HxW gray, HxWx3 RGB or HxWx4 RGBA.
 
     BGR(A) channels are reordered (a view, no copy). ``32FC1`` frames stay float32: the
-    Segmenter reads floats as intensities in [0, 1].
+    Segmenter reads floats as intensities in [0, 1]; NaN (e.g. invalid pixels) becomes 0 and
+    +-inf the range's ends, so one bad pixel cannot turn the whole probability map into NaN.
     """
     image = image_to_numpy(msg)
+    if image.dtype.kind == 'f' and not np.isfinite(image).all():
+        image = np.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)
     order = ENCODINGS[msg.encoding].order
     if order == 'bgr':
         return image[:, :, ::-1]

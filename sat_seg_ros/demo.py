@@ -196,7 +196,7 @@ def run_demo(out: os.PathLike | str = 'demo_out', bag: Optional[os.PathLike | st
     """Run the demo; write ``out``; return the summary (also in ``out/summary.json``)."""
     from sat_seg_ros.config import atomic_write_text, resolve_model_dir
     from sat_seg_ros.imageio import write_png
-    from sat_seg_ros.training.metrics import summarize
+    from sat_seg_ros.metrics import summarize
 
     bag = Path(bag) if bag else SAMPLE_BAG
     if not bag.exists():

@@ -7,8 +7,9 @@ and pycuda / cuda-python are installed; engines are built on the spot). Each lin
 ms per frame, mask IoU and max probability difference against torch CPU. Anything missing is
 reported as skipped with the reason; one failing backend does not stop the others.
 
-The model is the 5.2 M-param SAM-architecture config of ``sat-seg bench`` with random weights
-(latency does not depend on weights), or ``--model DIR``. Results go to ``--json`` (default
+The model is the default model's architecture (``sat-cnn``, the CNN-encoder SAM family) with
+random weights (latency does not depend on weights), ``--family small`` for the 5.2 M-param ViT
+config of ``sat-seg bench``, or ``--model DIR``. Results go to ``--json`` (default
 ``$OUT/device_check.json`` when $OUT is set). Meant to finish in a few minutes on one GPU.
 """
 
@@ -34,7 +35,10 @@ sys.path.insert(0, REPO)
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', default=None, help='SamModel folder (default: small config)')
+    parser.add_argument('--model', default=None,
+                        help='model folder (default: a random-weight model of --family)')
+    parser.add_argument('--family', default='cnn', choices=('cnn', 'small'),
+                        help='architecture without --model: sat-cnn (default) or the ViT small')
     parser.add_argument('--sizes', default='512,1024,2048')
     parser.add_argument('--frames', type=int, default=5, help='timed frames per size/backend')
     parser.add_argument('--cpu-sizes', default='512,1024',
@@ -126,12 +130,18 @@ def main(argv=None) -> int:
     from sat_seg_ros.commands.bench import SMALL, synthetic_frames
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_ros.testing import make_tiny_model
-    from sat_seg_ros.training.export import export_model
+    from sat_seg_training.export import export_model
 
     workdir = tempfile.mkdtemp(prefix='device_check_')
     model_dir = os.path.join(workdir, 'model')
     if args.model:
         shutil.copytree(args.model, model_dir)
+    elif args.family == 'cnn':
+        from sat_seg_ros.config import write_model_info
+        from sat_seg_ros.modeling import build_cnn_sam
+
+        build_cnn_sam(seed=0).save_pretrained(model_dir)
+        write_model_info(model_dir, {'prompt_mode': 'box', 'model_size': 512, 'tile_size': 256})
     else:
         make_tiny_model(model_dir, **SMALL)
     report['export'] = export_model(model_dir, static_batch=16, verify=True)

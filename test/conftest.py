@@ -23,9 +23,31 @@ def exported_model_dir(tiny_model_dir, tmp_path_factory):
     """Copy the tiny model and export its dynamic-batch ONNX graph beside it (read-only use)."""
     import shutil
 
-    from sat_seg_ros.training.export import export_model
+    from sat_seg_training.export import export_model
 
     folder = tmp_path_factory.mktemp('exported') / 'model'
     shutil.copytree(tiny_model_dir, folder)
     export_model(folder, static_batch=None, verify=False)
+    return folder
+
+
+@pytest.fixture(scope='session')
+def cnn_model_dir(tmp_path_factory):
+    """Return a 256-input test-cnn model folder (random weights, non-trivial BatchNorm)."""
+    import torch
+
+    from sat_seg_ros.config import write_model_info
+    from sat_seg_training.models import build_model
+
+    model = build_model('test-cnn', seed=3, image_size=256)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+    folder = tmp_path_factory.mktemp('cnn') / 'model'
+    model.save_pretrained(folder)
+    write_model_info(folder, {'prompt_mode': 'box', 'model_size': 512, 'tile_size': 256,
+                              'threshold': 0.5})
     return folder

@@ -12,7 +12,7 @@ import pytest
 
 from sat_seg_ros import bags
 from sat_seg_ros.cli import main as sat_seg
-from sat_seg_ros.training.dataset import DatasetWriter
+from sat_seg_training.dataset import DatasetWriter
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sat_seg_ros.training.calibrate import calibrate, sweep
+from sat_seg_training.calibrate import calibrate, sweep
 
 
 def constructed_case():
@@ -48,7 +48,7 @@ def test_sweep_refuses_mismatched_inputs():
 def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     import shutil
 
-    from sat_seg_ros.training.dataset import DatasetWriter
+    from sat_seg_training.dataset import DatasetWriter
 
     model = tmp_path / 'model'
     shutil.copytree(tiny_model_dir, model)

@@ -107,3 +107,43 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         config.atomic_write_bytes(target, b'data')
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_segmenter_options_are_the_same_everywhere():
+    """infer, bag run, evaluate and calibrate declare the shared options from one place."""
+    import argparse
+
+    from sat_seg_ros.commands import bag, infer
+    from sat_seg_training.commands import calibrate, evaluate
+
+    def options(add):
+        parser = argparse.ArgumentParser()
+        add(parser)
+        return {option for action in parser._actions for option in action.option_strings}
+
+    shared = {'--backend', '--device', '--min-area', '--max-detections', '--tile-overlap',
+              '--batch-size', '--prompt'}
+    bag_parser = argparse.ArgumentParser()
+    bag.add_arguments(bag_parser)  # declares make / run / play
+    bag_run = next(a for a in bag_parser._actions if isinstance(
+        a, argparse._SubParsersAction)).choices['run']
+    bag_options = {o for action in bag_run._actions for o in action.option_strings}
+    for found in (options(infer.add_arguments), bag_options, options(evaluate.add_arguments),
+                  options(calibrate.add_arguments)):
+        assert shared <= found
+    for found in (options(infer.add_arguments), bag_options, options(calibrate.add_arguments)):
+        assert {'--size', '--model-size'} <= found
+    assert '--sizes' in options(evaluate.add_arguments)
+
+
+def test_model_size_alias_still_works_and_says_it_is_deprecated(capsys):
+    import argparse
+
+    from sat_seg_ros.commands.options import add_segmenter_arguments
+
+    parser = argparse.ArgumentParser(prog='sat-seg bag run')
+    add_segmenter_arguments(parser)
+    assert parser.parse_args(['--size', '1024']).model_size == 1024
+    assert capsys.readouterr().err == ''
+    assert parser.parse_args(['--model-size', '2048']).model_size == 2048
+    assert '--model-size is deprecated' in capsys.readouterr().err

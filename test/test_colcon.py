@@ -46,3 +46,14 @@ def test_colcon_build_installs_executables_launch_config_and_data(tmp_path):
     check = subprocess.run([sys.executable, '-c', where], capture_output=True, text=True,
                            env=env, cwd=tmp_path)
     assert check.stdout.strip().startswith(str(site)), check.stdout + check.stderr
+    # The offline tools (top-level training/) install beside it, and every command loads.
+    assert (site / 'sat_seg_training' / 'train.py').is_file()
+    assert (site / 'sat_seg_training' / 'commands' / 'synth.py').is_file()
+    from sat_seg_ros.cli import COMMANDS
+
+    for name in COMMANDS:
+        run = subprocess.run([sys.executable, str(prefix / 'lib' / 'sat_seg_ros' / 'sat-seg'),
+                              name, '--help'], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+        assert run.returncode == 0 and 'usage: sat-seg ' + name in run.stdout, (
+            name, run.stderr[-2000:])

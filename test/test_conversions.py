@@ -130,3 +130,11 @@ def test_rclpy_message_round_trip():
     image = sample('bgra8', height=32, width=48)
     msg = conversions.fill_image(Image(), image, 'bgra8')
     np.testing.assert_array_equal(conversions.image_to_numpy(msg), image)
+
+
+def test_float_frames_with_nan_and_inf_become_finite_intensities():
+    values = np.array([[0.25, np.nan], [np.inf, -np.inf]], np.float32)
+    msg = message(values, '32FC1')
+    frame = conversions.image_to_frame(msg)
+    assert frame.dtype == np.float32
+    assert frame.tolist() == [[0.25, 0.0], [1.0, 0.0]]

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from sat_seg_ros import metrics
 from sat_seg_ros.cli import main
-from sat_seg_ros.training import metrics
-from sat_seg_ros.training.dataset import DatasetWriter
+from sat_seg_training.dataset import DatasetWriter
 
 
 @pytest.fixture(scope='module')
@@ -28,8 +28,8 @@ def small_dataset(tmp_path_factory):
 
 def test_table_matches_an_independent_computation(tiny_model_dir, small_dataset, tmp_path):
     from sat_seg_ros.segmenter import Segmenter
-    from sat_seg_ros.training.dataset import load_dataset
-    from sat_seg_ros.training.evaluate import evaluate, format_table
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.evaluate import evaluate, format_table
 
     report = evaluate(small_dataset, str(tiny_model_dir), sizes=[256], threshold=0.5,
                       gallery=tmp_path / 'gallery.png')

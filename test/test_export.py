@@ -12,7 +12,7 @@ import pytest
 
 from sat_seg_ros.backends import INPUT_NAME, OUTPUT_NAME
 from sat_seg_ros.backends.engine_cache import ONNX_OPSET
-from sat_seg_ros.training import export
+from sat_seg_training import export
 
 STATIC_BATCH = 4
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sat_seg_ros.cli import main
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training.importers import check_box, import_dataset
+from sat_seg_training import dataset as ds
+from sat_seg_training.importers import check_box, import_dataset
 
 
 def _image(path, height=60, width=80):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sat_seg_ros.cli import main
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training import labeling
+from sat_seg_training import dataset as ds
+from sat_seg_training import labeling
 
 REPORT_KEYS = {'method', 'images', 'labelled', 'yield', 'mean_iou_vs_truth', 'models',
                'unlabelled', 'positives', 'negatives', 'truth_images'}

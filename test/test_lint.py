@@ -14,7 +14,7 @@ PLUGINS = ('flake8_quotes', 'flake8_import_order', 'flake8_docstrings', 'flake8_
 def test_flake8_ament_rules():
     for plugin in PLUGINS:  # without them the check would pass while checking less
         pytest.importorskip(plugin, reason='%s is part of the test extras' % plugin)
-    names = ('sat_seg_ros', 'test', 'launch', 'setup.py', 'benchmarks', 'scripts')
+    names = ('sat_seg_ros', 'training', 'test', 'launch', 'setup.py', 'benchmarks', 'scripts')
     targets = [str(ROOT / name) for name in names if (ROOT / name).exists()]
     run = subprocess.run([sys.executable, '-m', 'flake8', '--config', str(ROOT / 'setup.cfg'),
                           *targets], capture_output=True, text=True)
@@ -24,6 +24,7 @@ def test_flake8_ament_rules():
 def test_pep257_docstrings():
     run = subprocess.run(
         [sys.executable, '-m', 'pydocstyle', '--add-ignore',
-         'D100,D101,D102,D103,D104,D105,D106,D107,D203,D212,D404', str(ROOT / 'sat_seg_ros')],
+         'D100,D101,D102,D103,D104,D105,D106,D107,D203,D212,D404', str(ROOT / 'sat_seg_ros'),
+         str(ROOT / 'training')],
         capture_output=True, text=True)
     assert run.returncode == 0, 'pep257 found:\n' + run.stdout + run.stderr

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sat_seg_ros.training import metrics
+from sat_seg_ros import metrics
 
 
 def masks(*boxes, shape=(20, 30)):

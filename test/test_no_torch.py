@@ -110,3 +110,109 @@ def test_cli_infer_with_onnxruntime_without_torch(blocked_env, exported_model, t
     mask = cv2.imread(str(out / 'frame.png'), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (120, 160)
     assert 'frame.png' in json.loads((out / 'detections.json').read_text())
+
+
+def _cli():
+    cli = shutil.which('sat-seg', path=os.path.dirname(sys.executable))
+    return [cli] if cli else [sys.executable, '-m', 'sat_seg_ros.cli']
+
+
+def _frames(folder, count=3):
+    """Write synthetic scenes with satellites (the package's own generator) as PNG files."""
+    from sat_seg_training.synth import make_sample
+
+    folder.mkdir()
+    for index in range(count):
+        sample = make_sample(21, index, positive=True)
+        cv2.imwrite(str(folder / ('frame%d.png' % index)), sample.image)
+    return folder
+
+
+@pytest.mark.parametrize('model', ['bundled', 'cnn'])
+def test_exported_folder_runs_alone_without_torch(blocked_env, tmp_path, model, cnn_model_dir):
+    """Check that `export --out D` gives a folder onnxruntime runs with torch blocked."""
+    source = [] if model == 'bundled' else ['--model', str(cnn_model_dir)]
+    device_dir = tmp_path / 'device_copy'
+    export = subprocess.run(_cli() + ['export', *source, '--out', str(device_dir),
+                                      '--static-batch', '0'],
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr
+    assert {'config.json', 'sat_seg.json'} <= {p.name for p in device_dir.iterdir()}
+    assert not (device_dir / 'model.safetensors').exists()  # weights only with --with-weights
+    frames = _frames(tmp_path / 'frames')
+    by_torch = subprocess.run(_cli() + ['infer', *source, '--out', str(tmp_path / 'torch'),
+                                        str(frames)], capture_output=True, text=True,
+                              timeout=300)
+    assert by_torch.returncode == 0, by_torch.stderr
+    by_ort = subprocess.run(_cli() + ['infer', '--backend', 'onnxruntime', '--model',
+                                      str(device_dir), '--out', str(tmp_path / 'ort'),
+                                      str(frames)],
+                            env=blocked_env, capture_output=True, text=True, timeout=300)
+    assert by_ort.returncode == 0, by_ort.stderr
+    inter = union = differing = 0
+    for index in range(3):
+        a = cv2.imread(str(tmp_path / 'torch' / ('frame%d.png' % index)), 0) > 0
+        b = cv2.imread(str(tmp_path / 'ort' / ('frame%d.png' % index)), 0) > 0
+        inter, union = inter + (a & b).sum(), union + (a | b).sum()
+        differing += (a != b).sum()
+    assert differing <= 0.001 * 3 * a.size
+    if union:
+        assert inter / union >= 0.99
+    # The probabilities themselves agree too (a mask-free check that cannot pass vacuously).
+    code = ('import numpy as np, cv2\n'
+            'from sat_seg_ros.segmenter import Segmenter\n'
+            "s = Segmenter.from_model(%r, backend='onnxruntime')\n"
+            'np.save(%r, s.probability(cv2.imread(%r, 0)))\n'
+            % (str(device_dir), str(tmp_path / 'p.npy'), str(frames / 'frame0.png')))
+    assert run_python(code, blocked_env).returncode == 0
+    from sat_seg_ros.segmenter import Segmenter
+
+    reference = Segmenter.from_model(None if model == 'bundled' else cnn_model_dir)
+    expected = reference.probability(cv2.imread(str(frames / 'frame0.png'), 0))
+    assert np.abs(np.load(tmp_path / 'p.npy') - expected).max() < 1e-4
+
+
+def test_export_into_another_models_folder_is_refused(tmp_path, cnn_model_dir, tiny_model_dir):
+    target = tmp_path / 'target'
+    shutil.copytree(tiny_model_dir, target)
+    before = sorted(p.name for p in target.iterdir())
+    result = subprocess.run(_cli() + ['export', '--model', str(cnn_model_dir), '--out',
+                                      str(target), '--no-verify'],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "holds another model's files" in result.stderr and 'config.json' in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == before  # nothing mixed in
+
+
+def test_torch_backend_on_an_exported_folder_names_the_fix(tmp_path, cnn_model_dir):
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.export import export_model
+
+    export_model(cnn_model_dir, tmp_path / 'd', static_batch=None, verify=False)
+    with pytest.raises(FileNotFoundError, match='has no weights.*--backend onnxruntime'):
+        Segmenter.from_model(tmp_path / 'd', backend='torch')
+
+
+def test_node_loads_an_exported_folder_without_torch(blocked_env, cnn_model_dir, tmp_path):
+    """The node with backend onnxruntime starts on an exported folder with torch blocked."""
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed')
+    from sat_seg_training.export import export_model
+
+    device_dir = tmp_path / 'device_copy'
+    export_model(cnn_model_dir, device_dir, static_batch=None, verify=False)
+    env = dict(blocked_env, ROS_DOMAIN_ID='231', PYTHONUNBUFFERED='1',
+               RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'sat_seg_ros.node', '--ros-args', '-p',
+         'model_path:=%s' % device_dir, '-p', 'backend:=onnxruntime'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if 'ready:' in line or 'Traceback' in line or 'error' in line.lower():
+                break
+        assert any('ready:' in line and 'onnxruntime' in line for line in lines), ''.join(lines)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -387,7 +387,7 @@ def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):
     """`sat-seg demo` end to end on a 3-frame bag: node and replay in their own processes."""
     from sat_seg_ros import bags
     from sat_seg_ros.demo import run_demo
-    from sat_seg_ros.training.dataset import DatasetWriter
+    from sat_seg_training.dataset import DatasetWriter
 
     rng = np.random.default_rng(5)
     mask = np.zeros((48, 64), bool)

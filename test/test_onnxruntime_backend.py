@@ -15,7 +15,7 @@ LOGIT_TOLERANCE = 1e-4
 @pytest.fixture(scope='module')
 def model_dir(tiny_model_dir, tmp_path_factory):
     """Copy the tiny model and export its dynamic-batch graph and a static batch-2 graph."""
-    from sat_seg_ros.training.export import export_model
+    from sat_seg_training.export import export_model
 
     folder = tmp_path_factory.mktemp('ort') / 'model'
     shutil.copytree(tiny_model_dir, folder)

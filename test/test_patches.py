@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from sat_seg_ros.cli import main
+from sat_seg_ros.metrics import iou
 from sat_seg_ros.tiling import resize, TileGrid
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training import patches, splits
-from sat_seg_ros.training.metrics import iou
+from sat_seg_training import dataset as ds
+from sat_seg_training import patches, splits
 
 
 @pytest.fixture(scope='module')

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from sat_seg_ros.cli import main
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training import splits
+from sat_seg_training import dataset as ds
+from sat_seg_training import splits
 
 
 def _fake_dataset(tmp_path, positives, negatives):

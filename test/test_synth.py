@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sat_seg_ros.cli import main
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training import synth
+from sat_seg_training import dataset as ds
+from sat_seg_training import synth
 
 
 @pytest.fixture(scope='module')
@@ -111,3 +111,63 @@ def test_validate_dataset_reports_inconsistencies(tmp_path):
     assert problems[0].startswith('shifted.png: bbox') and 'mask box [6, 5, 6, 5]' in problems[0]
     assert problems[1].startswith('outside.png: bbox') and 'not inside' in problems[1]
     assert problems[2].startswith('gone.png') and 'no such file' in problems[2]
+
+
+def _photo_folder(root, count=3, side=300):
+    """Write a few textured 'photographs' (and files that must be skipped) into ``root``."""
+    import cv2
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for index in range(count):
+        noise = rng.normal(0.5, 0.2, (side // 10, side // 10))
+        photo = cv2.resize(noise, (side, side), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(root / f'field{index}.png'), np.clip(photo * 255, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(root / 'field0.mask.png'), np.zeros((side, side), np.uint8))  # a variant
+    cv2.imwrite(str(root / 'flat.png'), np.full((side, side), 128, np.uint8))  # no content
+    (root / 'broken.png').write_bytes(b'not a png')
+    return root
+
+
+def test_backgrounds_folder_gives_photo_scenes(tmp_path):
+    photos = _photo_folder(tmp_path / 'photos')
+    exclude = tmp_path / 'reserved.txt'
+    exclude.write_text('# kept for testing\nfield2.png\n')
+    out = tmp_path / 'set'
+    assert main(['synth', '--out', str(out), '--n', '12', '--seed', '3', '--backgrounds',
+                 str(photos), '--photo-fraction', '1.0', '--exclude-backgrounds', str(exclude),
+                 '--contact', '0']) == 0
+    data = ds.load_dataset(out)
+    assert len(data) == 12 and ds.validate_dataset(data) == []
+    coco = json.loads((out / 'annotations.json').read_text())
+    assert coco['info']['backgrounds']['images'] == 2  # field0, field1: not the excluded field2
+    used = {image['synth']['photo'] for image in coco['images']}
+    assert used <= {'field0.png', 'field1.png'} and used
+    for record in data:
+        image = record.read_image()
+        assert image.shape == (512, 641) and image.std() > 5
+        if record.positive:
+            assert ds.mask_bbox(record.read_mask()) == tuple(int(v) for v in record.bbox_xywh)
+    again = tmp_path / 'again'
+    assert main(['synth', '--out', str(again), '--n', '12', '--seed', '3', '--backgrounds',
+                 str(photos), '--photo-fraction', '1.0', '--exclude-backgrounds', str(exclude),
+                 '--contact', '0']) == 0
+    for name in ('synth_3_000004.png', 'synth_3_000011.png'):
+        assert (out / 'images' / name).read_bytes() == (again / 'images' / name).read_bytes()
+
+
+def test_backgrounds_folder_without_usable_image_is_refused(tmp_path, capsys):
+    import cv2
+
+    empty = tmp_path / 'nothing'
+    empty.mkdir()
+    (empty / 'broken.png').write_bytes(b'not a png')
+    cv2.imwrite(str(empty / 'tiny.png'), np.zeros((20, 20), np.uint8))
+    out = tmp_path / 'set'
+    assert main(['synth', '--out', str(out), '--n', '4', '--backgrounds', str(empty)]) == 2
+    message = capsys.readouterr().err
+    assert 'has no usable image' in message and "'unreadable': 1" in message
+    assert not out.exists()  # nothing half-written
+    assert main(['synth', '--out', str(out), '--n', '4', '--backgrounds',
+                 str(tmp_path / 'missing')]) == 2
+    assert 'does not exist' in capsys.readouterr().err and not out.exists()

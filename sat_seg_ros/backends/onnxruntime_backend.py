@@ -1,6 +1,6 @@
 """ONNX Runtime backend: runs the exported tile graph; no torch or transformers needed.
 
-The graph comes from ``sat-seg export`` (sat_seg_ros/training/export.py) and sits in the model
+The graph comes from ``sat-seg export`` (training/export.py) and sits in the model
 folder as ``sat_seg_s<S>_<prompt>_{dyn,b<N>}.onnx``. Execution providers: CPU everywhere,
 CUDA and TensorRT where the installed onnxruntime build has them (``device='cuda'``).
 """

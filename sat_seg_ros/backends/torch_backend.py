@@ -1,4 +1,4 @@
-"""PyTorch backend over a Hugging Face ``transformers`` SamModel."""
+"""PyTorch backend over a Hugging Face ``transformers`` SamModel or a compact CNN-encoder SAM."""
 
 from __future__ import annotations
 
@@ -45,8 +45,11 @@ class SamTilePredictor(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return the single-mask logits of every tile, shape (N, m, m)."""
-        batch = pixel_values.shape[0]
-        embeddings = self.vision_encoder(pixel_values).last_hidden_state
+        return self.decode(self.vision_encoder(pixel_values).last_hidden_state)
+
+    def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Return the single-mask logits (N, m, m) of image embeddings (N, hidden, e, e)."""
+        batch = embeddings.shape[0]
         sparse = self.sparse_prompt.expand(batch, -1, -1, -1) if self.has_sparse else None
         masks, _ = self.mask_decoder(
             image_embeddings=embeddings,
@@ -116,8 +119,9 @@ class TorchBackend(Backend):
                  threads: Optional[int] = None, workers: Optional[int] = None,
                  freeze: Optional[bool] = None) -> None:
         super().__init__(model_dir, prompt_mode, grid_points)
-        from transformers import SamModel
         from transformers.utils import logging as hf_logging
+
+        from sat_seg_ros.modeling import load_sam_model
 
         hf_logging.disable_progress_bar()
         if dtype not in DTYPES:
@@ -128,7 +132,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
         self.dtype = DTYPES[dtype]
-        sam = SamModel.from_pretrained(model_dir).eval().to(self.device)
+        sam = load_sam_model(model_dir).to(self.device)
         self.input_size = int(sam.config.vision_config.image_size)
         self.module = SamTilePredictor(sam, prompt_mode, grid_points).eval().to(dtype=self.dtype)
         self.module.requires_grad_(False)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sat_seg_ros.commands.infer import add_segmenter_arguments, segmenter_from_args
+from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_from_args
 
 HELP = 'rosbag2 tools: make a camera bag, run the segmenter offline, play a bag over DDS'
 

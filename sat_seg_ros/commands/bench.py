@@ -25,6 +25,10 @@ HELP = 'latency p50/p95 by stage, GFLOP/frame and peak memory: ours vs the naive
 
 #: Jetson TX2 peak fp16 throughput: GFLOP / TFLOPS = the fastest possible milliseconds.
 TX2_FP16_TFLOPS = 1.33
+#: Share of that peak a small conv/attention model reaches in practice: the TX2 projection.
+TX2_EFFICIENCY = 0.30
+#: Frames per round of the headline ratio (ours, then naive, on the same frames).
+ROUND_FRAMES = 4
 
 SMALL = {'hidden_size': 96, 'layers': 4, 'heads': 4, 'embed_dim': 256, 'window_size': 8,
          'image_size': 256}
@@ -38,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-vitb', action='store_true',
                         help='skip the ViT-B-sized config (about 10 s per tile on 2 CPU cores)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all)')
+    parser.add_argument('--rounds', type=int, default=9,
+                        help='rounds of the headline ratio: each times ours and the naive '
+                             'pipeline on the same %d frames, in alternating order; the median '
+                             'of the per-round ratios is reported with its spread (default 9)'
+                             % ROUND_FRAMES)
 
 
 def synthetic_frames(count: int, seed: int = 0, height: int = 512, width: int = 641):
@@ -129,13 +138,15 @@ def measure(job: dict) -> dict:
     # Every tile costs the same FLOPs, so one tile's count times the tile count is exact.
     if 'torch' in segmenters:
         out['gflop_per_frame'] = round(
-            len(tiles) * segmenters['torch'].backend.gflop(tiles[:1]), 2)
+            len(tiles) * segmenters['torch'].backend.gflop(tiles[:1]), 3)
         out['tx2_floor_ms'] = round(out['gflop_per_frame'] / TX2_FP16_TFLOPS, 1)
+        out['tx2_projected_ms'] = round(
+            out['gflop_per_frame'] / (TX2_EFFICIENCY * TX2_FP16_TFLOPS), 1)
     naive = None
     if job.get('naive'):
-        from transformers import SamModel
+        from sat_seg_ros.modeling import load_sam_model
 
-        naive = NaivePipeline(SamModel.from_pretrained(job['model_dir']), job['size'],
+        naive = NaivePipeline(load_sam_model(job['model_dir']), job['size'],
                               first.config.tile_size, first.config.prompt_mode,
                               first.config.grid_points)
         from PIL import Image
@@ -149,6 +160,9 @@ def measure(job: dict) -> dict:
     if job.get('warm_up', True):  # allocations, graph set-up; skipped where a frame takes minutes
         for segmenter in segmenters.values():
             segmenter.segment(frames[0])
+    if job.get('rounds'):
+        out.update(headline_rounds(first, naive, job, frames))
+        return out
     timings = {name: [] for name in list(segmenters) + (['naive'] if naive else [])}
     agreement = {name: [] for name in segmenters}
     for frame in frames:
@@ -187,6 +201,55 @@ def measure(job: dict) -> dict:
     return out
 
 
+def headline_rounds(segmenter, naive, job: dict, frames) -> dict:
+    """Time ours against the naive pipeline in rounds; return the per-round ratio statistics.
+
+    Each round runs the same ROUND_FRAMES frames through both pipelines, ours first in even
+    rounds and naive first in odd ones, so a change of load on a shared machine hits both sides
+    of a round alike; the median of the per-round ratios and its spread (min, max) are robust to
+    one disturbed round. Masks are compared on every frame: identical pixels and IoU.
+    """
+    ratios, ours_s, naive_s, identical, ious = [], [], [], [], []
+    batch = frames[:ROUND_FRAMES]
+    for index in range(job['rounds']):
+        def time_ours():
+            start = time.perf_counter()
+            results = [segmenter.segment(frame) for frame in batch]
+            return time.perf_counter() - start, results
+
+        def time_naive():
+            start = time.perf_counter()
+            probabilities = [naive.probability(frame) for frame in batch]
+            return time.perf_counter() - start, probabilities
+
+        if index % 2 == 0:
+            (ours, results), (theirs, references) = time_ours(), time_naive()
+        else:
+            (theirs, references), (ours, results) = time_naive(), time_ours()
+        ratios.append(theirs / ours)
+        ours_s.append(ours / len(batch))
+        naive_s.append(theirs / len(batch))
+        if index == 0:
+            for result, reference in zip(results, references):
+                threshold = (segmenter.config.threshold if job['trained']
+                             else float(np.median(reference)))
+                a, b = result.probability > threshold, reference > threshold
+                identical.append(float((a == b).mean()))
+                if b.any() or a.any():
+                    ious.append(mask_iou(a, b))
+    return {'rounds': job['rounds'], 'round_frames': len(batch),
+            'ratio_median': round(float(np.median(ratios)), 2),
+            'ratio_min': round(float(np.min(ratios)), 2),
+            'ratio_max': round(float(np.max(ratios)), 2),
+            'ratios': [round(float(r), 3) for r in ratios],
+            'ours_ms_per_frame_median': round(1000 * float(np.median(ours_s)), 1),
+            'naive_ms_per_frame_median': round(1000 * float(np.median(naive_s)), 1),
+            'identical_pixels_min': round(float(np.min(identical)), 5),
+            'mask_iou_min': round(float(np.min(ious)), 4) if ious else None,
+            'agreement_threshold': ('model threshold' if job['trained']
+                                    else 'median of naive')}
+
+
 def _run_isolated(job: dict) -> dict:
     context = multiprocessing.get_context('spawn')
     with context.Pool(1) as pool:
@@ -211,7 +274,7 @@ def _write_model(folder: str, name: str, **config) -> str:
 def _export(model_dir: str) -> bool:
     """Export the dynamic-batch ONNX graph beside the weights; False when onnx is unavailable."""
     try:
-        from sat_seg_ros.training.export import export_model
+        from sat_seg_training.export import export_model
 
         export_model(model_dir, static_batch=None, verify=False)
         return True
@@ -220,21 +283,19 @@ def _export(model_dir: str) -> bool:
         return False
 
 
-COLUMNS = ('model', 'size', 'tiles', 'backend', 'p50_ms', 'p95_ms', 'naive_p50', 'speedup',
-           'mask_iou', 'GFLOP', 'TX2_ms', 'peak_MB')
+COLUMNS = ('model', 'size', 'tiles', 'backend', 'p50_ms', 'p95_ms', 'GFLOP', 'TX2_min',
+           'TX2_30%', 'peak_MB')
 
 
 def _print_rows(result: dict, memory: Dict[str, float]) -> None:
-    for backend in [key for key in ('torch', 'onnxruntime') if key in result]:
+    fmt = '%-8s %5s %5s %-12s %8s %8s %8s %8s %8s %8s'
+    for backend in [key for key in ('torch', 'onnxruntime', 'naive') if key in result]:
         stats = result[backend]['total']
-        naive = result.get('naive', {}).get('total', {})
         row = (result['model'], result['size'], result['tiles_per_frame'], backend,
-               stats['p50_ms'], stats['p95_ms'], naive.get('p50_ms', '-'),
-               result.get('speedup_vs_naive_' + backend, '-'),
-               result.get('mask_agreement_iou_' + backend, '-'),
-               result.get('gflop_per_frame', '-'), result.get('tx2_floor_ms', '-'),
+               stats['p50_ms'], stats['p95_ms'], result.get('gflop_per_frame', '-'),
+               result.get('tx2_floor_ms', '-'), result.get('tx2_projected_ms', '-'),
                memory.get(backend, '-'))
-        print('%-8s %5s %5s %-12s %8s %8s %9s %7s %8s %8s %7s %8s' % row, flush=True)
+        print(fmt % row, flush=True)
 
 
 def _memory(base: dict, name: str, model_dir: str, size: int, backends, **extra) -> dict:
@@ -246,36 +307,60 @@ def _memory(base: dict, name: str, model_dir: str, size: int, backends, **extra)
     return peaks
 
 
+def _write_cnn_model(folder: str, name: str) -> str:
+    """Write the default architecture (sat-cnn) with random weights and its sat_seg.json."""
+    from sat_seg_ros.config import write_model_info
+    from sat_seg_ros.modeling import build_cnn_sam
+
+    path = os.path.join(folder, name)
+    build_cnn_sam(seed=0).save_pretrained(path)
+    write_model_info(path, {'prompt_mode': 'box', 'model_size': 512, 'tile_size': 256})
+    return path
+
+
+def _headline(base: dict, name: str, model_dir: str, rounds: int, trained: bool) -> dict:
+    result = _run_isolated(dict(base, name=name, model_dir=model_dir, size=512,
+                                frames=ROUND_FRAMES, naive=True, trained=trained,
+                                backends=['torch'], rounds=rounds))
+    print('  %s @512, torch vs naive: %.2fx median of %d rounds (min %.2fx, max %.2fx); '
+          '%.1f vs %.1f ms per frame; identical mask pixels >= %.4f, mask IoU >= %s (%s)'
+          % (name, result['ratio_median'], result['rounds'], result['ratio_min'],
+             result['ratio_max'], result['ours_ms_per_frame_median'],
+             result['naive_ms_per_frame_median'], result['identical_pixels_min'],
+             result['mask_iou_min'], result['agreement_threshold']), flush=True)
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     """Run every measurement, print a table, optionally write JSON."""
     from sat_seg_ros.config import atomic_write_text, DEFAULT_MODEL_DIR
+    from sat_seg_ros.modeling import model_type
 
     sizes = [int(size) for size in args.sizes.split(',')]
-    results = []
-    print('%-8s %5s %5s %-12s %8s %8s %9s %7s %8s %8s %7s %8s' % COLUMNS)
+    results, headlines = [], {}
+    print('%-8s %5s %5s %-12s %8s %8s %8s %8s %8s %8s' % COLUMNS)
     with tempfile.TemporaryDirectory() as folder:
         base = {'threads': args.threads, 'batch_size': 16, 'trained': False}
-        small = _write_model(folder, 'small', **SMALL)
-        backends = ['torch'] + (['onnxruntime'] if _export(small) else [])
-        for size in sizes:
-            result = _run_isolated(dict(base, name='small', model_dir=small, size=size,
-                                        frames=args.frames, naive=(size == 512),
-                                        backends=backends))
-            result['peak_rss_mb'] = _memory(base, 'small', small, size, backends)
-            results.append(result)
-            _print_rows(result, result['peak_rss_mb'])
+        models = [('small', _write_model(folder, 'small', **SMALL)),
+                  ('cnn', _write_cnn_model(folder, 'cnn'))]
+        for name, model_dir in models:
+            backends = ['torch'] + (['onnxruntime'] if _export(model_dir) else [])
+            for size in sizes:
+                result = _run_isolated(dict(base, name=name, model_dir=model_dir, size=size,
+                                            frames=args.frames, backends=backends))
+                result['peak_rss_mb'] = _memory(base, name, model_dir, size, backends)
+                results.append(result)
+                _print_rows(result, result['peak_rss_mb'])
+        print('headline ratios (alternating rounds of %d frames of 512x641):' % ROUND_FRAMES)
+        headlines['small'] = _headline(base, 'small', models[0][1], args.rounds, False)
+        headlines['cnn'] = _headline(base, 'cnn', models[1][1], args.rounds, False)
         if (DEFAULT_MODEL_DIR / 'config.json').is_file():
             bundled = os.path.join(folder, 'default')
             shutil.copytree(DEFAULT_MODEL_DIR, bundled)
-            backends_default = ['torch'] + (['onnxruntime'] if _export(bundled) else [])
-            result = _run_isolated(dict(base, name='default', model_dir=bundled, size=512,
-                                        frames=args.frames, naive=True, trained=True,
-                                        backends=backends_default))
-            result['peak_rss_mb'] = _memory(base, 'default', bundled, 512, backends_default)
-            results.append(result)
-            _print_rows(result, result['peak_rss_mb'])
+            headlines['default'] = _headline(base, 'default', bundled, args.rounds, True)
+            headlines['default']['family'] = model_type(bundled)
         if not args.no_vitb:
-            vitb = _write_model(folder, 'vitb')
+            vitb = _write_model(folder, 'vit-b')
             vitb_base = dict(base, batch_size=4)
             result = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=512,
                                         frames=1, naive=True, backends=['torch'],
@@ -290,24 +375,18 @@ def run(args: argparse.Namespace) -> int:
                   '(%.1f s); %.0f GFLOP per frame'
                   % (partial['peak_rss_mb'], partial['seconds'],
                      result['gflop_per_frame'] * 16))
-    headline = next(r for r in results if r['model'] == 'small' and r['size'] == 512)
     summary = {
-        'speedup_vs_naive': headline.get('speedup_vs_naive_torch'),
-        'mask_agreement_iou': headline.get('mask_agreement_iou_torch'),
-        'speedup_vs_naive_onnxruntime': headline.get('speedup_vs_naive_onnxruntime'),
-        'mask_agreement_iou_onnxruntime': headline.get('mask_agreement_iou_onnxruntime'),
+        'headline': headlines,
         'gflop_per_frame': {'%s@%d' % (r['model'], r['size']): r['gflop_per_frame']
                             for r in results if 'gflop_per_frame' in r},
-        'tx2_fp16_tflops': TX2_FP16_TFLOPS,
+        'tx2_projected_ms': {'%s@%d' % (r['model'], r['size']): r['tx2_projected_ms']
+                             for r in results if 'tx2_projected_ms' in r},
+        'tx2_fp16_tflops': TX2_FP16_TFLOPS, 'tx2_efficiency': TX2_EFFICIENCY,
         'machine': '%s, %d CPU cores, Python %s, load average %.1f at the end' % (
             platform.processor() or platform.machine(), os.cpu_count(),
             platform.python_version(), os.getloadavg()[0]),
         'results': results,
     }
-    print('speedup_vs_naive (small @512, p50, torch backend): %s, mask_agreement_iou %s; '
-          'onnxruntime backend: %s, %s' % (
-              summary['speedup_vs_naive'], summary['mask_agreement_iou'],
-              summary['speedup_vs_naive_onnxruntime'], summary['mask_agreement_iou_onnxruntime']))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2) + '\n')
         print('wrote %s' % args.json)

@@ -10,48 +10,12 @@ import sys
 
 import numpy as np
 
+from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_from_args
 from sat_seg_ros.config import atomic_write_text
 from sat_seg_ros.imageio import expand_inputs, ImageReadError, read_image, write_png
 
 HELP = 'segment image files or folders into 0/255 masks and detections.json'
 LOG = logging.getLogger('sat_seg_ros.infer')
-
-
-def add_segmenter_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the Segmenter."""
-    parser.add_argument('--model', default=None,
-                        help='SamModel folder (config.json, model.safetensors, sat_seg.json); '
-                             'default: the bundled model')
-    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime', 'tensorrt'),
-                        help='inference runtime (default: torch)')
-    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--size', '--model-size', type=int, default=None, dest='model_size',
-                        help='model size the frame is resized to (512, 1024, 2048, ...; '
-                             "default: the model's sat_seg.json, else 512)")
-    parser.add_argument('--threshold', type=float, default=None,
-                        help="probability threshold (default: the model's, else 0.65)")
-    parser.add_argument('--min-area', type=int, default=None, dest='min_area_px',
-                        help='ignore components smaller than this many pixels')
-    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
-                        help='keep the N highest-scoring components (0: all; default: the '
-                             "model's)")
-    parser.add_argument('--tile-overlap', type=int, default=None, dest='tile_overlap',
-                        help='overlap of neighbouring tiles in pixels (blended)')
-    parser.add_argument('--batch-size', type=int, default=None, dest='batch_size',
-                        help='tiles per backend call')
-    parser.add_argument('--prompt', default=None, dest='prompt_mode',
-                        choices=('grid', 'box', 'none'), help="prompt mode (default: the model's)")
-
-
-def segmenter_from_args(args: argparse.Namespace):
-    """Build the Segmenter described by add_segmenter_arguments' options."""
-    from sat_seg_ros.segmenter import Segmenter
-
-    overrides = {name: getattr(args, name) for name in
-                 ('model_size', 'threshold', 'min_area_px', 'max_detections', 'tile_overlap',
-                  'batch_size', 'prompt_mode')}
-    return Segmenter.from_model(args.model, backend=args.backend, device=args.device,
-                                **overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

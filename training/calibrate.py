@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from sat_seg_ros import metrics
 from sat_seg_ros.postprocess import find_detections
-from sat_seg_ros.training import metrics
 
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.025), 3))
 
@@ -44,22 +44,26 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               limit: int = 0, write: bool = True,
               plot: Optional[os.PathLike | str] = None,
               max_detections: Optional[int] = None,
-              min_areas: Sequence[int] = ()) -> Dict[str, Any]:
+              min_areas: Sequence[int] = (), backend: str = 'torch', device: str = 'cpu',
+              **overrides) -> Dict[str, Any]:
     """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json.
 
     ``max_detections`` (None: the model's) is applied during the sweep and written with the
     threshold, so the stored pair is the one that was measured. ``min_areas`` also sweeps the
     smallest kept component (pixels); the best (accuracy, mean IoU) pair wins and both are
-    written. Empty: the model's ``min_area_px`` only.
+    written. Empty: the model's ``min_area_px`` only (or ``overrides['min_area_px']``).
+    ``overrides`` are further Segmenter settings (tile_overlap, batch_size, prompt_mode; None:
+    the model's).
     """
     from sat_seg_ros.config import load_model_info, MODEL_INFO_FILE, write_model_info
     from sat_seg_ros.segmenter import Segmenter
-    from sat_seg_ros.training.dataset import load_dataset
+    from sat_seg_training.dataset import load_dataset
 
     records = list(load_dataset(dataset_dir))
     records = records[:limit] if limit > 0 else records
-    segmenter = Segmenter.from_model(model_dir, model_size=model_size,
-                                     max_detections=max_detections)
+    segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
+                                     model_size=model_size, max_detections=max_detections,
+                                     **overrides)
     probabilities, truths = [], []
     for record in records:
         image = record.read_image()

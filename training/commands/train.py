@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or export a checkpoint); print the summary as JSON."""
-    from sat_seg_ros.training.train import export_checkpoint, load_config, train
+    from sat_seg_training.train import export_checkpoint, load_config, train
 
     if args.export:
         print('wrote %s' % export_checkpoint(*args.export))

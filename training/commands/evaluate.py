@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+
 HELP = "the report's Table 1 (accuracy, mean IoU, precision, recall, s/image) per model size"
 
 
@@ -24,17 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``sat-seg evaluate`` options."""
     parser.add_argument('--dataset', required=True, type=Path,
                         help='dataset folder (annotations.json, images/, masks/)')
-    parser.add_argument('--model', default=None, help='model folder (default: the bundled model)')
+    add_segmenter_arguments(parser, exclude=('model_size',))
     parser.add_argument('--sizes', type=_sizes, default=[512, 1024, 2048],
                         help='comma-separated model sizes (default 512,1024,2048)')
     parser.add_argument('--json', type=Path, default=None, help='also write the report as JSON')
-    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime', 'tensorrt'))
-    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--threshold', type=float, default=None,
-                        help="probability threshold (default: the model's sat_seg.json)")
-    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
-                        help='keep the N highest-scoring components (0: all; default: the '
-                             "model's sat_seg.json)")
     parser.add_argument('--limit', type=int, default=0,
                         help='evaluate only the first N images (default: all)')
     parser.add_argument('--gallery', type=Path, default=None,
@@ -44,14 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, optionally write JSON and the failure gallery."""
     from sat_seg_ros.config import atomic_write_text
-    from sat_seg_ros.training.evaluate import evaluate, format_table
+    from sat_seg_training.evaluate import evaluate, format_table
 
     gallery = args.gallery
     if gallery is None and args.json is not None:
         gallery = args.json.with_name(args.json.stem + '_failures.png')
     report = evaluate(args.dataset, args.model, args.sizes, backend=args.backend,
-                      device=args.device, threshold=args.threshold, limit=args.limit,
-                      gallery=gallery, max_detections=args.max_detections)
+                      device=args.device, limit=args.limit, gallery=gallery,
+                      **segmenter_options(args))
     print(format_table(report))
     if gallery is not None:
         print('failure gallery: %s' % gallery)

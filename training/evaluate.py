@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from sat_seg_ros.training import metrics
+from sat_seg_ros import metrics
 
 
 @dataclasses.dataclass
@@ -46,18 +46,18 @@ def machine_description() -> str:
 
 def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
              sizes: Sequence[int] = (512,), backend: str = 'torch', device: str = 'cpu',
-             threshold: Optional[float] = None, limit: int = 0,
-             gallery: Optional[os.PathLike | str] = None,
-             max_detections: Optional[int] = None) -> Dict[str, Any]:
+             limit: int = 0, gallery: Optional[os.PathLike | str] = None,
+             **overrides) -> Dict[str, Any]:
     """Return Table 1 rows (one per size) for ``model_dir`` (None: bundled) on ``dataset_dir``.
 
     ``limit`` > 0 evaluates the first ``limit`` images only. ``gallery`` writes a PNG of the
-    worst failures at the first size.
+    worst failures at the first size. ``overrides`` are Segmenter settings (threshold,
+    max_detections, min_area_px, ...; None: the model's).
     """
     from tqdm import tqdm
 
     from sat_seg_ros.segmenter import Segmenter
-    from sat_seg_ros.training.dataset import load_dataset
+    from sat_seg_training.dataset import load_dataset
 
     dataset = load_dataset(dataset_dir)
     records = list(dataset)[:limit] if limit > 0 else list(dataset)
@@ -71,8 +71,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
     predictions: Dict[str, np.ndarray] = {}
     for size in sizes:
         segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
-                                         model_size=int(size), threshold=threshold,
-                                         max_detections=max_detections)
+                                         **dict(overrides, model_size=int(size)))
         pairs, seconds, results = [], [], []
         for record in tqdm(records, desc='evaluate %d' % size, unit='img', leave=False):
             image = record.read_image()

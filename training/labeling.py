@@ -28,9 +28,9 @@ import numpy as np
 
 from sat_seg_ros.backends import PIXEL_MEAN, PIXEL_STD
 from sat_seg_ros.config import resolve_model_dir
+from sat_seg_ros.metrics import iou
 from sat_seg_ros.tiling import resize, to_float_rgb
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training.metrics import iou
+from sat_seg_training import dataset as ds
 
 METHODS = ('auto', 'box', 'grabcut')
 GRABCUT_MIN_SIDE = 160
@@ -110,7 +110,7 @@ def grabcut_mask(image: np.ndarray, bbox, iterations: int = 5) -> np.ndarray:
 
 
 class SamLabeler:
-    """One SamModel folder, used to derive masks for whole images (not tiles).
+    """One SAM model folder, used to derive masks for whole images (not tiles).
 
     The image is resized so its longer side is the model's input size and padded, as
     SamProcessor does; low-res masks are mapped back to the image size bilinearly.
@@ -119,14 +119,16 @@ class SamLabeler:
     def __init__(self, model_dir, device: str = 'cpu'):
         """Load the SamModel (torch and transformers are imported here)."""
         import torch
-        from transformers import SamModel
         from transformers.utils import logging as hf_logging
+
+        from sat_seg_ros.modeling import load_sam_model
 
         hf_logging.disable_progress_bar()
         self.torch = torch
         self.model_dir = str(model_dir)
         self.device = torch.device(device)
-        self.model = SamModel.from_pretrained(model_dir).eval().to(self.device)
+        # A Hugging Face SamModel or a compact CNN-encoder SAM: the same prompt interface.
+        self.model = load_sam_model(model_dir).to(self.device)
         self.input_size = int(self.model.config.vision_config.image_size)
 
     def _embed(self, image: np.ndarray):

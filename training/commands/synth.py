@@ -20,6 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workers', type=int, default=1,
                         help='processes generating images; the output is identical for any '
                              'count (default 1; 2 helps only on an idle 2-core machine)')
+    parser.add_argument('--backgrounds', type=Path, default=None, metavar='DIR',
+                        help='folder of aerial photographs; a share --photo-fraction of the '
+                             'backgrounds become crops of them (scaled, rotated, mirrored)')
+    parser.add_argument('--photo-fraction', type=float, default=0.6,
+                        help='with --backgrounds: share of photographic backgrounds '
+                             '(default 0.6)')
+    parser.add_argument('--exclude-backgrounds', type=Path, default=None, metavar='FILE',
+                        help='with --backgrounds: a list of file names (one per line, # '
+                             'comments); every file whose name starts with one of their stems '
+                             'is never used (e.g. images kept for independent testing)')
     parser.add_argument('--contact', type=int, default=30,
                         help='images shown in OUT/contact_sheet.png (0: no sheet; default 30)')
 
@@ -28,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     """Generate the set, print a JSON summary; exit 0."""
     from tqdm import tqdm
 
-    from sat_seg_ros.training.synth import generate
+    from sat_seg_training.synth import generate
 
     with tqdm(total=args.n, unit='img', desc='synth') as bar:
         summary = generate(args.out, args.n, seed=args.seed, neg_frac=args.neg_frac,
                            workers=args.workers, contact=args.contact,
-                           progress=lambda done, total: bar.update(done - bar.n))
+                           progress=lambda done, total: bar.update(done - bar.n),
+                           backgrounds=args.backgrounds, photo_fraction=args.photo_fraction,
+                           exclude_list=args.exclude_backgrounds)
     print(json.dumps(summary, indent=1))
     return 0

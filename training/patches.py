@@ -25,7 +25,7 @@ import numpy as np
 
 from sat_seg_ros.config import atomic_write_text
 from sat_seg_ros.tiling import resize, TileGrid
-from sat_seg_ros.training import dataset as ds
+from sat_seg_training import dataset as ds
 
 MANIFEST_FIELDS = ('tile', 'mask', 'source', 'split', 'size', 'y', 'x', 'tile_size',
                    'satellite_px', 'image_positive')

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     """Cut the tiles, print the summary; exit 0."""
     from tqdm import tqdm
 
-    from sat_seg_ros.training.dataset import load_dataset
-    from sat_seg_ros.training.patches import make_patches
-    from sat_seg_ros.training.splits import load_assignment
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.patches import make_patches
+    from sat_seg_training.splits import load_assignment
 
     dataset = load_dataset(args.dataset)
     assignment = load_assignment(args.splits) if args.splits else None

@@ -21,9 +21,11 @@ from typing import Callable, Optional, Tuple
 import cv2
 import numpy as np
 
-from sat_seg_ros.training import dataset as ds
-from sat_seg_ros.training.synth_satellite import render_satellite
-from sat_seg_ros.training.synth_terrain import fractal_noise, scene
+from sat_seg_training import dataset as ds
+from sat_seg_training.backgrounds import (BackgroundBank, fingerprint, read_exclude_list,
+                                          select_backgrounds)
+from sat_seg_training.synth_satellite import render_satellite
+from sat_seg_training.synth_terrain import clouds, fractal_noise, scene
 
 HEIGHT = 512
 WIDTH = 641
@@ -118,10 +120,21 @@ def _sensor(rng, image):
 
 
 def make_sample(seed: int, index: int, positive: bool, height: int = HEIGHT,
-                width: int = WIDTH) -> Sample:
-    """Generate image `index` of the set with `seed` (deterministic in (seed, index))."""
+                width: int = WIDTH, bank: Optional[BackgroundBank] = None,
+                photo_fraction: float = 0.0) -> Sample:
+    """Generate image `index` of the set with `seed` (deterministic in (seed, index)).
+
+    With a ``bank``, a share ``photo_fraction`` of the backgrounds are crops of its photographs
+    instead of procedural scenes (deterministic in (seed, index) for the same bank).
+    """
     rng = np.random.default_rng([seed, index])
-    background, description = scene(rng, height, width)
+    if bank is not None and rng.random() < photo_fraction:
+        background, description = bank.crop(rng, height, width)
+        if rng.random() < 0.25:
+            background = clouds(rng, background)
+            description['terrain'].append('clouds')
+    else:
+        background, description = scene(rng, height, width)
     mask = bbox = None
     if positive:
         for _ in range(10):
@@ -137,8 +150,17 @@ def make_sample(seed: int, index: int, positive: bool, height: int = HEIGHT,
     return Sample(image, mask, bbox, description)
 
 
+_WORKER_BANK: Optional[BackgroundBank] = None
+
+
+def _init_worker(paths) -> None:
+    global _WORKER_BANK
+    _WORKER_BANK = BackgroundBank(paths) if paths else None
+
+
 def _make(job):
-    return make_sample(*job)
+    seed, index, positive, photo_fraction = job
+    return make_sample(seed, index, positive, bank=_WORKER_BANK, photo_fraction=photo_fraction)
 
 
 def negative_indices(n: int, neg_frac: float, seed: int) -> set:
@@ -149,25 +171,42 @@ def negative_indices(n: int, neg_frac: float, seed: int) -> set:
 
 
 def generate(out, n: int, seed: int = 0, neg_frac: float = 0.2, workers: int = 1,
-             contact: int = 30, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+             contact: int = 30, progress: Optional[Callable[[int, int], None]] = None,
+             backgrounds=None, photo_fraction: float = 0.6,
+             exclude_list: Optional[pathlib.Path] = None) -> dict:
     """Write a synthetic dataset to `out`; return a summary (counts, seconds, images/s).
 
     workers > 1 generates in a process pool (images are identical whatever the count); the
     pool starts only for sets of at least POOL_MIN_IMAGES per worker, below which starting it
-    costs more than it saves.
+    costs more than it saves. ``backgrounds`` (a folder of aerial photographs) replaces a share
+    ``photo_fraction`` of the procedural backgrounds with crops of them; names starting with a
+    stem of ``exclude_list`` are never used. Every check runs before anything is written.
     """
     if n < 1:
         raise ValueError(f'n={n}: ask for at least one image')
     if not 0.0 <= neg_frac <= 1.0:
         raise ValueError(f'neg_frac={neg_frac}: use a fraction between 0 and 1')
+    if not 0.0 <= photo_fraction <= 1.0:
+        raise ValueError(f'photo_fraction={photo_fraction}: use a fraction between 0 and 1')
     out = pathlib.Path(out)
     negatives = negative_indices(n, neg_frac, seed)
-    jobs = [(seed, i, i not in negatives) for i in range(n)]
     info = {'generator': 'sat-seg synth', 'seed': seed, 'n': n, 'neg_frac': neg_frac,
             'height': HEIGHT, 'width': WIDTH}
+    paths: list = []
+    if backgrounds is not None:
+        paths = select_backgrounds(pathlib.Path(backgrounds), read_exclude_list(exclude_list))
+        info['backgrounds'] = {'folder': pathlib.Path(backgrounds).name, 'images': len(paths),
+                               'fingerprint': fingerprint(paths),
+                               'photo_fraction': photo_fraction}
+    share = photo_fraction if paths else 0.0
+    jobs = [(seed, i, i not in negatives, share) for i in range(n)]
     start = time.perf_counter()
     workers = max(1, min(workers, n // POOL_MIN_IMAGES))
-    pool = multiprocessing.get_context('spawn').Pool(workers) if workers > 1 else None
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context('spawn').Pool(workers, _init_worker, (paths,))
+    else:
+        _init_worker(paths)
     try:
         samples = pool.imap(_make, jobs, chunksize=4) if pool else map(_make, jobs)
         with ds.DatasetWriter(out, info=info) as writer:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from sat_seg_ros import imageio
-from sat_seg_ros.training import dataset as ds
+from sat_seg_training import dataset as ds
 
 EDGE_TOLERANCE_PX = 1.0
 CSV_HEADERS = ('file', 'file_name', 'filename', 'image')

@@ -61,10 +61,15 @@ def load_predictor(model_dir: os.PathLike | str, prompt_mode: str, grid_points: 
     from transformers.utils import logging as hf_logging
 
     from sat_seg_ros.backends.torch_backend import SamTilePredictor
+    from sat_seg_ros.modeling import load_sam_model, model_type
 
     hf_logging.disable_progress_bar()
-    # torch's fused scaled_dot_product_attention has no ONNX symbolic below opset 14.
-    sam = SamModel.from_pretrained(str(model_dir), attn_implementation='eager').eval()
+    # torch's fused scaled_dot_product_attention has no ONNX symbolic below opset 14; the
+    # CNN-encoder family's decoder always runs eager attention.
+    if model_type(model_dir) == 'sam':
+        sam = SamModel.from_pretrained(str(model_dir), attn_implementation='eager').eval()
+    else:
+        sam = load_sam_model(model_dir)
     predictor = SamTilePredictor(sam, prompt_mode, grid_points).eval()
     return predictor, int(sam.config.vision_config.image_size)
 
@@ -498,16 +503,73 @@ def _pixel_derived_wide_types(model) -> List[str]:
     return problems
 
 
+#: Files of a model folder that an exported folder carries, so that it runs on its own.
+DESCRIPTION_FILES = ('config.json', 'sat_seg.json')
+WEIGHTS_FILE = 'model.safetensors'
+
+
+def check_export_target(model_dir: os.PathLike | str, out: os.PathLike | str) -> None:
+    """Refuse an ``out`` folder that holds another model's files (nothing is written then).
+
+    Another model's files: a ``config.json`` or ``model.safetensors`` that differs from the
+    source's, or an ONNX graph exported from other weights.
+    """
+    import onnx
+
+    source, out = Path(model_dir), Path(out)
+    if not out.exists() or source.resolve() == out.resolve():
+        return
+    if not out.is_dir():
+        raise ValueError('--out %s exists and is not a folder' % out)
+    problems = []
+    for name in ('config.json', WEIGHTS_FILE):
+        theirs, ours = out / name, source / name
+        if theirs.is_file() and ours.is_file() and file_sha256(theirs) != file_sha256(ours):
+            problems.append('%s differs from %s' % (theirs, ours))
+    weights = source / WEIGHTS_FILE
+    digest = file_sha256(weights) if weights.is_file() else ''
+    for graph in sorted(out.glob('*.onnx')):
+        meta = {entry.key: entry.value
+                for entry in onnx.load(str(graph), load_external_data=False).metadata_props}
+        exported = meta.get('sat_seg.weights_sha256')
+        if exported is not None and exported != digest:
+            problems.append('%s was exported from other weights' % graph)
+    if problems:
+        raise ValueError("--out %s holds another model's files (%s); export into an empty or "
+                         "new folder, or the same model's export folder"
+                         % (out, '; '.join(problems)))
+
+
+def copy_description(model_dir: os.PathLike | str, out: os.PathLike | str,
+                     with_weights: bool = False) -> List[str]:
+    """Copy config.json, sat_seg.json (and the weights) into ``out`` atomically; return names."""
+    source, out = Path(model_dir), Path(out)
+    if source.resolve() == out.resolve():
+        return []
+    names = [name for name in DESCRIPTION_FILES if (source / name).is_file()]
+    if with_weights and (source / WEIGHTS_FILE).is_file():
+        names.append(WEIGHTS_FILE)
+    for name in names:
+        atomic_write_bytes(out / name, (source / name).read_bytes())
+    return names
+
+
 def export_model(model_dir: os.PathLike | str, out_dir: Optional[os.PathLike | str] = None,
                  prompt_mode: Optional[str] = None, grid_points: Optional[int] = None,
                  static_batch: Optional[int] = DEFAULT_STATIC_BATCH, dynamic: bool = True,
-                 verify: bool = True, tolerance: float = 1e-3) -> List[Dict[str, object]]:
+                 verify: bool = True, tolerance: float = 1e-3,
+                 with_weights: bool = False) -> List[Dict[str, object]]:
     """Export ``model_dir`` to ONNX in ``out_dir`` (default: the model folder); return a summary.
 
     Writes the dynamic-batch graph (``dynamic``) and a static one with batch ``static_batch``
     (None: none), each checked with :func:`check_tensorrt_compatible`, and with ``verify``
     compared against torch on random tiles with ONNX Runtime (max abs logit difference must be
     below ``tolerance``). Each summary item: path, batch, nodes, ops, max_abs_diff.
+
+    A separate ``out_dir`` becomes a self-contained model folder for the onnxruntime and
+    tensorrt backends: the graphs plus ``config.json`` and ``sat_seg.json`` (and the weights
+    with ``with_weights``). Every graph is built and checked before the first file is written,
+    and a folder holding another model's files is refused (:func:`check_export_target`).
     """
     info = load_model_info(model_dir)
     prompt_mode = prompt_mode or info['prompt_mode']
@@ -520,6 +582,7 @@ def export_model(model_dir: os.PathLike | str, out_dir: Optional[os.PathLike | s
     if static_batch is None and not dynamic:
         raise ValueError('nothing to export: give static_batch or dynamic=True')
     out = Path(out_dir or model_dir)
+    check_export_target(model_dir, out)
     predictor, input_size = load_predictor(model_dir, prompt_mode, grid_points)
     weights = Path(model_dir) / 'model.safetensors'
     metadata = {
@@ -527,7 +590,7 @@ def export_model(model_dir: os.PathLike | str, out_dir: Optional[os.PathLike | s
         'sat_seg.input_size': str(input_size), 'sat_seg.opset': str(ONNX_OPSET),
         'sat_seg.weights_sha256': file_sha256(weights) if weights.is_file() else '',
     }
-    summary = []
+    summary, graphs = [], []
     for batch in ([None] if dynamic else []) + ([static_batch] if static_batch else []):
         model = torch_export(predictor, input_size, batch)
         if batch is None:
@@ -555,10 +618,14 @@ def export_model(model_dir: os.PathLike | str, out_dir: Optional[os.PathLike | s
             if not item['max_abs_diff'] < tolerance:
                 raise ExportError('ONNX Runtime differs from torch by %.3g (> %.3g) for %s'
                                   % (item['max_abs_diff'], tolerance, path.name))
+        graphs.append((path, data))
+        summary.append(item)
+    for name in copy_description(model_dir, out, with_weights):
+        LOG.info('wrote %s', out / name)
+    for (path, data), item in zip(graphs, summary):
         atomic_write_bytes(path, data)
         LOG.info('wrote %s (%d nodes, max |onnx - torch| = %s)', path, item['nodes'],
                  item['max_abs_diff'])
-        summary.append(item)
     return summary
 
 

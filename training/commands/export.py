@@ -14,8 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=None,
                         help='SamModel folder (default: the bundled model)')
     parser.add_argument('--out', type=Path, default=None,
-                        help='output folder (default: the model folder, where the onnxruntime '
-                             'and tensorrt backends look)')
+                        help='output folder (default: the model folder). A separate folder '
+                             'gets config.json and sat_seg.json too, so it runs alone with the '
+                             'onnxruntime and tensorrt backends (copy it to the device)')
+    parser.add_argument('--with-weights', action='store_true',
+                        help='with --out: also copy model.safetensors (the torch backend then '
+                             'runs the folder too)')
     parser.add_argument('--prompt-mode', default=None, choices=('grid', 'box', 'none'),
                         help="prompt fixed inside the graph (default: the model's sat_seg.json)")
     parser.add_argument('--grid-points', type=int, default=None,
@@ -33,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export, print one JSON line per written graph; exit code 0 on success."""
     from sat_seg_ros.config import resolve_model_dir
-    from sat_seg_ros.training.export import export_model
+    from sat_seg_training.export import export_model
 
     model_dir = resolve_model_dir(args.model)
     if args.static_batch < 0:
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                            grid_points=args.grid_points,
                            static_batch=args.static_batch or None,
                            dynamic=not args.no_dynamic, verify=not args.no_verify,
-                           tolerance=args.tolerance)
+                           tolerance=args.tolerance, with_weights=args.with_weights)
     for item in summary:
         print(json.dumps(item, sort_keys=True))
     return 0

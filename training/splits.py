@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from sat_seg_ros.training import dataset as ds
+from sat_seg_training import dataset as ds
 
 SPLITS = ('train', 'val', 'test')
 NEGATIVE_POLICIES = ('spread', 'test')

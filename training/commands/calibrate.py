@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+
 HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
 
 
@@ -14,11 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='model folder whose sat_seg.json receives the threshold')
     parser.add_argument('--dataset', required=True, type=Path,
                         help='validation dataset folder (with masks)')
-    parser.add_argument('--size', type=int, default=None, dest='model_size',
-                        help="model size (default: the model's sat_seg.json)")
-    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
-                        help='keep the N highest-scoring components during the sweep and store '
-                             "it (0: all; default: the model's)")
+    # The threshold is what is swept; --max-detections and --min-area are applied during the
+    # sweep and stored with the chosen threshold.
+    add_segmenter_arguments(parser, exclude=('model', 'threshold'))
     parser.add_argument('--min-areas', default='', dest='min_areas',
                         help='also sweep the smallest kept component, e.g. 16,64,128 (pixels; '
                              "default: the model's min_area_px only)")
@@ -30,12 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Sweep, print the table and the choice, write the threshold unless --dry-run."""
-    from sat_seg_ros.training.calibrate import calibrate
+    from sat_seg_training.calibrate import calibrate
 
     plot = args.plot or args.model / 'calibration.png'
-    result = calibrate(args.model, args.dataset, args.model_size, limit=args.limit,
-                       write=not args.dry_run, plot=plot, max_detections=args.max_detections,
-                       min_areas=[int(v) for v in args.min_areas.split(',') if v.strip()])
+    options = segmenter_options(args)
+    result = calibrate(args.model, args.dataset, options.pop('model_size'), limit=args.limit,
+                       write=not args.dry_run, plot=plot,
+                       max_detections=options.pop('max_detections'),
+                       min_areas=[int(v) for v in args.min_areas.split(',') if v.strip()],
+                       backend=args.backend, device=args.device, **options)
     print('%9s %9s %9s %10s %8s' % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall'))
     for row in result['table']:
         print('%9.3f %9.3f %9.3f %10.3f %8.3f' % (row['threshold'], row['accuracy'],

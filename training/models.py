@@ -1,7 +1,12 @@
-"""Compact SamModel architectures that can be trained from nothing on a CPU.
+"""Compact SAM architectures that can be trained from nothing on a CPU.
 
-Every model here is a plain ``transformers.SamModel`` (``SamConfig``), so the runtime loads it with
-``SamModel.from_pretrained`` like any SAM checkpoint. The presets trade the ViT-B encoder for a
+Two families. The CNN-encoder SAMs (``CNN_ARCHITECTURES``, :mod:`sat_seg_ros.modeling`) feed
+SAM's prompt encoder and mask decoder from a small ResNet-style encoder; they learn where the ViTs
+trained from nothing stalled (docs/training.md) and are the default model's family.
+
+The ViT presets (``ARCHITECTURES`` minus those) are plain ``transformers.SamModel``s
+(``SamConfig``), loaded with ``SamModel.from_pretrained`` like any SAM checkpoint. They trade the
+ViT-B encoder for a
 small windowed ViT with a finer patch grid: a 256 tile with patch 8 gives 32x32 image embeddings,
 so the mask decoder's low-res output is 128x128 (one mask pixel per 2x2 tile pixels instead of
 SAM's 4x4 at 64x64), which small satellites need.
@@ -41,6 +46,22 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
                    'vision_heads': 2, 'window_size': 0, 'global_attn_indexes': (),
                    'decoder_hidden': 16, 'decoder_mlp': 32, 'decoder_heads': 2},
 }
+
+
+#: CNN-encoder SAMs: keyword arguments of sat_seg_ros.modeling.build_cnn_sam.
+CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
+    # 1.27 M parameters (5.1 MB fp32), 0.74 GFLOP per 256 tile (encoder 0.67): stride-4 stem,
+    # residual stages of 64/96/128 channels at strides 8/16/32 fused to 64-channel stride-8
+    # embeddings; mask decoder hidden 64. The default model's architecture.
+    'sat-cnn': {'stem_channels': (24, 32), 'stage_channels': (64, 96, 128),
+                'stage_blocks': (2, 2, 2), 'fuse_channels': 64, 'hidden': 64,
+                'decoder_mlp': 256, 'decoder_heads': 4},
+    # For tests: tens of thousands of parameters, a 64 input, milliseconds per step.
+    'test-cnn': {'image_size': 64, 'stem_channels': (8, 8), 'stage_channels': (16, 16, 16),
+                 'stage_blocks': (1, 1, 1), 'fuse_channels': 16, 'hidden': 16,
+                 'decoder_mlp': 32, 'decoder_heads': 2},
+}
+ARCHITECTURES.update(CNN_ARCHITECTURES)
 
 
 def build_sam_config(image_size: int = 256, patch_size: int = 8, vision_hidden: int = 64,
@@ -92,6 +113,10 @@ def build_model(architecture: str = 'sat-tiny', seed: int = 0, **overrides):
                          % (architecture, sorted(ARCHITECTURES)))
     kwargs = dict(ARCHITECTURES[architecture])
     kwargs.update(overrides)
+    if architecture in CNN_ARCHITECTURES:
+        from sat_seg_ros.modeling import build_cnn_sam
+
+        return build_cnn_sam(seed=seed, **kwargs)
     torch.manual_seed(seed)
     model = SamModel(build_sam_config(**kwargs))
     with torch.no_grad():

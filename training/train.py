@@ -31,12 +31,14 @@ from sat_seg_ros.backends import Backend
 from sat_seg_ros.config import _check_int, atomic_write_text, SegmenterConfig, write_model_info
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
-from sat_seg_ros.training.losses import LOSSES, segmentation_loss
-from sat_seg_ros.training.models import ARCHITECTURES
+from sat_seg_training.losses import LOSSES, segmentation_loss
+from sat_seg_training.models import ARCHITECTURES
 
 LOG = logging.getLogger(__name__)
 
 TRAIN_PROMPTS = ('inference', 'bbox_jitter')
+#: 'sam': the whole model on 256 tiles; 'dense': the image encoder with a dense head on crops.
+STAGES = ('sam', 'dense')
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
@@ -52,6 +54,7 @@ class TrainConfig:
     out_dir: str = 'runs/train'
     # model
     architecture: str = 'sat-tiny'
+    stage: str = 'sam'  # 'sam' (whole model, 256 tiles) or 'dense' (encoder + dense head, crops)
     init_from: str = ''  # '' = fresh weights; a model folder (config.json) or a .pt checkpoint
     prompt_mode: str = 'box'  # the runtime prompt, written into sat_seg.json
     grid_points: int = 4
@@ -70,10 +73,15 @@ class TrainConfig:
     train_prompt: str = 'inference'  # 'inference' or 'bbox_jitter' (the report's)
     box_jitter: float = 0.1  # bbox_jitter: max shift of each side, as a fraction of box size
     augment: bool = True
+    crop_size: int = 128  # stage 'dense': square crops cut from the tiles
+    # Share of a batch's negatives drawn by how strongly the model last fired on them (hard
+    # negatives); the rest uniformly. 0 = all uniform.
+    hard_negative_fraction: float = 0.0
     # optimisation
     loss: str = 'bce_dice'
     pos_weight: float = 1.0
     dice_weight: float = 1.0
+    dense_weight: float = 0.0  # stage 'sam': weight of the dense head's loss (deep supervision)
     optimizer: str = 'adamw'
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -102,6 +110,23 @@ class TrainConfig:
         if self.architecture not in ARCHITECTURES:
             raise ValueError('architecture=%r is not one of %s'
                              % (self.architecture, sorted(ARCHITECTURES)))
+        if self.stage not in STAGES:
+            raise ValueError('stage=%r is not one of %s' % (self.stage, STAGES))
+        if self.stage == 'dense' or self.dense_weight > 0:
+            from sat_seg_training.models import CNN_ARCHITECTURES
+
+            if self.architecture not in CNN_ARCHITECTURES:
+                raise ValueError('stage=%r / dense_weight=%r need a CNN-encoder architecture '
+                                 '(one of %s), not %r' % (self.stage, self.dense_weight,
+                                                          sorted(CNN_ARCHITECTURES),
+                                                          self.architecture))
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError('hard_negative_fraction=%r must be in [0, 1]'
+                             % self.hard_negative_fraction)
+        if self.stage == 'dense' and (self.crop_size < 32 or self.crop_size > self.tile_size
+                                      or self.crop_size % 32):
+            raise ValueError('crop_size=%r must be a multiple of 32 in [32, tile_size=%d]'
+                             % (self.crop_size, self.tile_size))
         if self.train_prompt not in TRAIN_PROMPTS:
             raise ValueError('train_prompt=%r is not one of %s'
                              % (self.train_prompt, TRAIN_PROMPTS))
@@ -175,7 +200,7 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
 def load_scenes(source: str, count: int, seed: int) -> List[Scene]:
     """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder."""
     if source == 'shapes':
-        from sat_seg_ros.training.shapes import make_scene
+        from sat_seg_training.shapes import make_scene
 
         rng = np.random.default_rng(seed)
         scenes = []
@@ -183,7 +208,7 @@ def load_scenes(source: str, count: int, seed: int) -> List[Scene]:
             image, mask = make_scene(rng, positive=index % 5 != 4)
             scenes.append(Scene(image, mask))
         return scenes
-    from sat_seg_ros.training.dataset import load_dataset
+    from sat_seg_training.dataset import load_dataset
 
     dataset = load_dataset(source)
     records = list(dataset)[:count] if count > 0 else list(dataset)
@@ -263,8 +288,25 @@ def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TileP
                     np.concatenate(positive))
 
 
-def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator):
-    """Return (tiles (B, t, t) float32 0..255, masks (B, t, t) float32 0..1) for one step."""
+def pool_digest(pool: TilePool) -> str:
+    """Return a short SHA-256 of the pool's tiles, masks and sizes (what a step can draw)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (pool.tiles, pool.masks, pool.size_index, pool.positive):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
+               hardness: Optional[np.ndarray] = None) -> np.ndarray:
+    """Return the pool indices of one batch (B,).
+
+    Each row is positive with probability ``positive_fraction``, at a model size drawn by
+    ``size_weights``. A negative row is, with probability ``hard_negative_fraction``, drawn in
+    proportion to ``hardness`` (the model's last peak probability on each pool tile) instead of
+    uniformly: the background the model fires on comes back until it stops firing.
+    """
     weights = np.asarray(config.size_weights, np.float64)
     weights = weights / weights.sum()
     chosen = []
@@ -275,12 +317,55 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator):
         ids = pos_ids if (want_pos and len(pos_ids)) or not len(neg_ids) else neg_ids
         size_index = rng.choice(len(weights), p=weights)
         in_size = ids[pool.size_index[ids] == size_index]
-        chosen.append(int(rng.choice(in_size if len(in_size) else ids)))
-    tiles = pool.tiles[chosen].astype(np.float32)
-    masks = pool.masks[chosen].astype(np.float32) / 255.0
+        ids = in_size if len(in_size) else ids
+        if (hardness is not None and ids is not pos_ids and not pool.positive[ids[0]]
+                and rng.random() < config.hard_negative_fraction):
+            score = hardness[ids].astype(np.float64) + 1e-3
+            chosen.append(int(rng.choice(ids, p=score / score.sum())))
+        else:
+            chosen.append(int(rng.choice(ids)))
+    return np.asarray(chosen, np.int64)
+
+
+def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
+                 hardness: Optional[np.ndarray] = None):
+    """Return (tiles (B, s, s) float32 0..255, masks (B, s, s) float32 0..1, pool ids (B,)).
+
+    ``s`` is the tile size, or ``crop_size`` for stage 'dense' (see :func:`crop_batch`).
+    """
+    chosen = sample_ids(pool, config, rng, hardness)
+    tiles = pool.tiles[chosen]
+    masks = pool.masks[chosen]
+    if config.stage == 'dense':
+        tiles, masks = crop_batch(tiles, masks, config.crop_size, rng)
+    tiles = tiles.astype(np.float32)
+    masks = masks.astype(np.float32) / 255.0
     if config.augment:
         tiles, masks = augment(tiles, masks, rng)
-    return tiles, masks
+    return tiles, masks, chosen
+
+
+def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator):
+    """Cut a size x size crop from each tile: around a random satellite pixel where it has one.
+
+    A tile with satellite pixels gets a crop that holds one of them (drawn uniformly, so large
+    satellites are seen in parts); an empty tile a uniformly placed crop.
+    """
+    t = tiles.shape[1]
+    out_tiles = np.empty((len(tiles), size, size), tiles.dtype)
+    out_masks = np.empty((len(tiles), size, size), masks.dtype)
+    for index in range(len(tiles)):
+        ys, xs = np.nonzero(masks[index] >= 128)
+        if len(xs):
+            pick = int(rng.integers(len(xs)))
+            y, x = int(ys[pick]), int(xs[pick])
+            y0 = int(rng.integers(max(0, y - size + 1), min(y, t - size) + 1))
+            x0 = int(rng.integers(max(0, x - size + 1), min(x, t - size) + 1))
+        else:
+            y0, x0 = (int(v) for v in rng.integers(0, t - size + 1, 2))
+        out_tiles[index] = tiles[index, y0:y0 + size, x0:x0 + size]
+        out_masks[index] = masks[index, y0:y0 + size, x0:x0 + size]
+    return out_tiles, out_masks
 
 
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
@@ -334,27 +419,87 @@ def jittered_boxes(masks: np.ndarray, input_size: int, jitter: float,
 
 
 def load_initial_model(config: TrainConfig):
-    """Return the SamModel to train: fresh, from a model folder, or from a checkpoint."""
-    from sat_seg_ros.training.models import build_model
+    """Return (model, dense head state or None) to train: fresh, from a folder or a checkpoint.
+
+    A checkpoint's model must be of the configured architecture's family (a CNN-encoder SAM
+    for a CNN architecture, a SamModel otherwise): anything else is refused, not reshaped.
+    """
+    from sat_seg_ros.modeling import load_sam_model
+    from sat_seg_training.models import build_model
 
     if not config.init_from:
-        return build_model(config.architecture, seed=config.seed)
+        return build_model(config.architecture, seed=config.seed), None
     path = Path(config.init_from)
     if path.is_dir():
-        from transformers import SamModel
+        model, head = load_sam_model(path), None
+    else:
+        checkpoint = read_checkpoint(path)
+        model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
+    expected = build_model(config.architecture, seed=config.seed)
+    if _shapes(model) != _shapes(expected):
+        raise ValueError('init_from=%s holds a %s model of another architecture than %r; set '
+                         "architecture to the checkpoint's or start from fresh weights"
+                         % (path, model.config.model_type, config.architecture))
+    return model, head
 
-        return SamModel.from_pretrained(str(path))
-    checkpoint = read_checkpoint(path)
-    return model_from_checkpoint(checkpoint)
+
+def _shapes(model) -> Dict[str, tuple]:
+    return {name: tuple(value.shape) for name, value in model.state_dict().items()}
 
 
 def model_from_checkpoint(checkpoint: Dict[str, Any]):
-    """Rebuild the SamModel stored in a checkpoint written by this module."""
+    """Rebuild the model (SamModel or CnnSamModel) stored in a checkpoint of this module."""
     from transformers import SamConfig, SamModel
 
-    model = SamModel(SamConfig.from_dict(checkpoint['sam_config']))
+    from sat_seg_ros.modeling import CnnSamConfig, CnnSamModel, MODEL_TYPE
+
+    stored = checkpoint['sam_config']
+    if stored.get('model_type') == MODEL_TYPE:
+        model = CnnSamModel(CnnSamConfig.from_dict(stored))
+    else:
+        model = SamModel(SamConfig.from_dict(stored))
     model.load_state_dict(checkpoint['model'])
     return model
+
+
+def dense_head(model):
+    """Return the training-only dense head: a 1x1 conv from the image embeddings to a logit.
+
+    It supervises the encoder directly (stage 'dense', and deep supervision in stage 'sam') and
+    is never part of an exported model.
+    """
+    import torch
+
+    channels = model.config.vision_config.output_channels
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(channels, 1, 1)
+
+
+def make_training_net(model, head, config: TrainConfig):
+    """Return the module a step runs: (pixels) -> (low-res mask logits or None, dense or None).
+
+    Stage 'dense' runs the encoder and the head only; stage 'sam' the runtime's fixed-prompt
+    tile predictor (inference prompt), plus the head when ``dense_weight`` > 0.
+    """
+    import torch
+
+    from sat_seg_ros.backends.torch_backend import SamTilePredictor
+
+    class TrainingNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model.vision_encoder
+            self.head = head
+            self.predictor = (SamTilePredictor(model, config.prompt_mode, config.grid_points)
+                              if config.stage == 'sam' else None)
+
+        def forward(self, pixels):
+            embeddings = self.encoder(pixels).last_hidden_state
+            dense = self.head(embeddings)[:, 0] if self.head is not None else None
+            masks = self.predictor.decode(embeddings) if self.predictor is not None else None
+            return masks, dense
+
+    return TrainingNet()
 
 
 def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
@@ -434,12 +579,31 @@ class ModuleBackend(Backend):
 
     name = 'in-memory'
 
-    def __init__(self, model, prompt_mode: str, grid_points: int = 4) -> None:
-        """Wrap ``model`` (a SamModel) with the runtime's fixed-prompt tile predictor."""
+    def __init__(self, model, prompt_mode: str, grid_points: int = 4, head=None) -> None:
+        """Wrap ``model`` with the runtime's fixed-prompt tile predictor.
+
+        With a dense ``head`` the tiles' logits are the head's on the image embeddings instead
+        of the mask decoder's (how stage 'dense' is validated).
+        """
+        import torch
+
         from sat_seg_ros.backends.torch_backend import SamTilePredictor
 
         super().__init__('<in-memory>', prompt_mode=prompt_mode, grid_points=grid_points)
-        self.predictor = SamTilePredictor(model, prompt_mode, grid_points).eval()
+        if head is None:
+            self.predictor = SamTilePredictor(model, prompt_mode, grid_points).eval()
+        else:
+            encoder = model.vision_encoder
+
+            class DensePredictor(torch.nn.Module):
+                def __init__(self) -> None:
+                    super().__init__()
+                    self.encoder, self.head = encoder, head
+
+                def forward(self, pixels):
+                    return self.head(self.encoder(pixels).last_hidden_state)[:, 0]
+
+            self.predictor = DensePredictor().eval()
         self.input_size = model.config.vision_config.image_size
 
     def run_batch(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -452,16 +616,16 @@ class ModuleBackend(Backend):
 
 def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
              model_size: int = 512, min_area_px: int = 16, tile_size: int = 256,
-             thresholds: Sequence[float] = THRESHOLDS, max_detections: int = 0
-             ) -> Dict[str, Any]:
+             thresholds: Sequence[float] = THRESHOLDS, max_detections: int = 0,
+             head=None) -> Dict[str, Any]:
     """Segment every scene with the Segmenter; return the best threshold's metrics and the table.
 
     The post-processing is the runtime's (``min_area_px``, ``max_detections``), scored by
     ``calibrate.sweep`` exactly as ``sat-seg calibrate`` scores it.
     """
-    from sat_seg_ros.training.calibrate import sweep
+    from sat_seg_training.calibrate import sweep
 
-    backend = ModuleBackend(model, prompt_mode, grid_points)
+    backend = ModuleBackend(model, prompt_mode, grid_points, head)
     segmenter = Segmenter(backend, SegmenterConfig(
         model_size=model_size, tile_size=tile_size, threshold=0.5, min_area_px=min_area_px,
         prompt_mode=prompt_mode, grid_points=grid_points))
@@ -536,20 +700,38 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if dict(current, **stored) != current:
             raise ValueError('%s/last.pt was written with a different config; use another '
                              'out_dir or pass --no-resume to start over' % out)
-        model = model_from_checkpoint(checkpoint)
+        model, head_state = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
     else:
-        model = load_initial_model(config)
+        model, head_state = load_initial_model(config)
+    head = None
+    if config.stage == 'dense' or config.dense_weight > 0:
+        head = dense_head(model)
+        if head_state is not None:
+            head.load_state_dict(head_state)
     trainable = apply_freeze(model, config.freeze)
 
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
     pool = build_pool(load_scenes(config.data, config.scenes, config.seed), config, config.seed)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000)
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
+    data_digest = pool_digest(pool)
+    if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
+        LOG.warning('the tile pool differs from the one %s/last.pt was trained on (digest %s, '
+                    'now %s): the data were regenerated differently (other backgrounds, '
+                    'library versions?); the run continues, but not bit-identical to an '
+                    'uninterrupted one', out, checkpoint['data_digest'], data_digest)
     steps = total_steps(config, len(pool.tiles))
     LOG.info('pool: %d tiles (%d positive); %d steps of %d; %d trainable parameters',
              len(pool.tiles), int(pool.positive.sum()), steps, config.batch_size, trainable)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    hardness = np.ones(len(pool.tiles), np.float32)  # peak probability last seen per tile
+    if config.stage == 'dense':
+        # The mask decoder takes no part in stage 'dense': train the encoder and the head only.
+        params = [p for p in model.vision_encoder.parameters() if p.requires_grad]
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if head is not None:
+        params += list(head.parameters())
     optimizer_class = torch.optim.AdamW if config.optimizer == 'adamw' else torch.optim.Adam
     decay = config.weight_decay if config.optimizer == 'adamw' else 0.0
     optimizer = optimizer_class(params, lr=config.lr, weight_decay=decay)
@@ -558,9 +740,18 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         optimizer.load_state_dict(checkpoint['optimizer'])
         step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
         started -= checkpoint.get('elapsed_s', 0.0)
+        if 'hardness' in checkpoint:
+            hardness = np.asarray(checkpoint['hardness'], np.float32)
     input_size = model.config.vision_config.image_size
     fixed = config.train_prompt == 'inference'
-    net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
+    if config.stage == 'dense' or head is not None:
+        if not fixed:
+            raise ValueError("stage 'dense' and dense_weight > 0 train with train_prompt "
+                             "'inference'")
+        net = make_training_net(model, head, config)
+    else:
+        net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
+    pixel_size = config.crop_size if config.stage == 'dense' else input_size
     net, optimizer = accelerator.prepare(net, optimizer)
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
@@ -573,9 +764,17 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         state = {'model': accelerator.unwrap_model(model).state_dict(),
                  'sam_config': model.config.to_dict(), 'optimizer': optimizer.state_dict(),
                  'train_config': dataclasses.asdict(config), 'step': step, 'best': best,
-                 'history': history, 'elapsed_s': time.time() - started}
+                 'history': history, 'elapsed_s': time.time() - started,
+                 'hardness': hardness.copy(), 'data_digest': data_digest}
+        if head is not None:
+            state['dense_head'] = head.state_dict()
+        # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
+        # the previous checkpoint or the new one, never half of one.
         tmp = out / ('.%s.pt.tmp' % kind)
-        torch.save(state, str(tmp))
+        with open(tmp, 'wb') as stream:
+            torch.save(state, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(tmp, out / ('%s.pt' % kind))
 
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
@@ -584,8 +783,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     stop_reason = 'done'
     while step < steps:
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-        tiles, masks = sample_batch(pool, config, rng)
-        pixels = preprocess_tiles(tiles[..., None], input_size)
+        tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
+        pixels = preprocess_tiles(tiles[..., None], pixel_size)
         pixels = torch.from_numpy(pixels).to(accelerator.device)
         target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
         for group in optimizer.param_groups:
@@ -593,17 +792,36 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         boxes = None if fixed else torch.from_numpy(
             jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
 
+        peaks = np.zeros(len(chosen), np.float32)
+
+        def to_target(low_res):
+            return torch.nn.functional.interpolate(
+                low_res[:, None], size=target.shape[-2:], mode='bilinear',
+                align_corners=False)[:, 0]
+
         def chunk_loss(rows: slice, backward_scale: float):
-            if fixed:
+            dense = None
+            if head is not None:
+                low_res, dense = net(pixels[rows])
+            elif fixed:
                 low_res = net(pixels[rows])
             else:
                 low_res = net(pixel_values=pixels[rows], input_boxes=boxes[rows],
                               multimask_output=False).pred_masks[:, 0, 0]
-            logits = torch.nn.functional.interpolate(
-                low_res[:, None], size=target.shape[-2:], mode='bilinear',
-                align_corners=False)[:, 0]
-            value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
-                                      config.dice_weight)
+            value = 0.0
+            if low_res is not None:
+                logits = to_target(low_res)
+                value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
+                                          config.dice_weight)
+            if dense is not None:
+                dense_logits = to_target(dense)
+                dense_loss = segmentation_loss(config.loss, dense_logits, target[rows],
+                                               config.pos_weight, config.dice_weight)
+                value = dense_loss if low_res is None else value + (
+                    config.dense_weight * dense_loss)
+                if low_res is None:
+                    logits = dense_logits
+            peaks[rows] = torch.sigmoid(logits.detach().flatten(1).amax(1)).cpu().numpy()
             accelerator.backward(value * backward_scale)
             return value.detach()
 
@@ -612,6 +830,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
+        negative_rows = ~pool.positive[chosen]
+        hardness[chosen[negative_rows]] = peaks[negative_rows]
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
@@ -628,7 +848,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             net.eval()
             result = validate(accelerator.unwrap_model(model), val_scenes, config.prompt_mode,
                               config.grid_points, config.model_sizes[0], config.min_area_px,
-                              config.tile_size, max_detections=config.max_detections)
+                              config.tile_size, max_detections=config.max_detections,
+                              head=head if config.stage == 'dense' else None)
             net.train()
             entry = {'step': step, 'val_accuracy': result['accuracy'],
                      'val_mean_iou': result['mean_iou'],

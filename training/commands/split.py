@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the split, print the counts; exit 0."""
-    from sat_seg_ros.training.dataset import load_dataset
-    from sat_seg_ros.training.splits import assign_splits, parse_fractions, write_splits
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.splits import assign_splits, parse_fractions, write_splits
 
     fractions = parse_fractions(args.fractions)
     dataset = load_dataset(args.dataset)

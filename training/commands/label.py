@@ -11,7 +11,7 @@ HELP = 'derive masks from bbox labels (SAM automatic, SAM box, GrabCut)'
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``sat-seg label`` options."""
-    from sat_seg_ros.training.labeling import AutoParams
+    from sat_seg_training.labeling import AutoParams
 
     defaults = AutoParams()
     parser.add_argument('--dataset', required=True, type=Path,
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     """Label, write OUT/label_report.json, print the yield table and the report; exit 0."""
     from tqdm import tqdm
 
-    from sat_seg_ros.training.dataset import load_dataset
-    from sat_seg_ros.training.labeling import AutoParams, label_dataset, yield_table
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.labeling import AutoParams, label_dataset, yield_table
 
     params = AutoParams(points_per_side=args.points_per_side,
                         pred_iou_thresh=args.pred_iou_thresh,

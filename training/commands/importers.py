@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Import, print every rejection and a summary; exit 1 if anything was rejected."""
-    from sat_seg_ros.training.importers import import_dataset
+    from sat_seg_training.importers import import_dataset
 
     report = import_dataset(args.fmt, args.out, args.images, args.labels)
     for entry in report.rejected:

@@ -1,0 +1,83 @@
+"""The options of every command that builds a Segmenter, declared once.
+
+``sat-seg infer``, ``bag run``, ``evaluate`` and ``calibrate`` all take the options of
+:func:`add_segmenter_arguments` (a command leaves out those it sets itself: ``evaluate`` has
+``--sizes``, ``calibrate`` sweeps the threshold) and build their Segmenter from
+:func:`segmenter_options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, Sequence
+
+#: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
+SEGMENTER_FIELDS = ('model_size', 'threshold', 'min_area_px', 'max_detections', 'tile_overlap',
+                    'batch_size', 'prompt_mode')
+
+
+class DeprecatedAlias(argparse.Action):
+    """Store like the option it aliases, and say once on stderr which spelling to use."""
+
+    def __init__(self, option_strings, dest, replacement: str = '', **kwargs) -> None:
+        self.replacement = replacement
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print('%s: %s is deprecated and will be removed; use %s'
+              % (parser.prog, option_string, self.replacement), file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_segmenter_arguments(parser: argparse.ArgumentParser,
+                            exclude: Sequence[str] = ()) -> None:
+    """Declare the model, backend and Segmenter options; ``exclude`` names dests to leave out."""
+    def wanted(dest: str) -> bool:
+        return dest not in exclude
+
+    if wanted('model'):
+        parser.add_argument('--model', default=None,
+                            help='model folder: a Hugging Face SamModel or a sat-seg compact '
+                                 'model (config.json, model.safetensors, sat_seg.json), or an '
+                                 'exported folder for onnxruntime / tensorrt; default: the '
+                                 'bundled model')
+    parser.add_argument('--backend', default='torch',
+                        choices=('torch', 'onnxruntime', 'tensorrt'),
+                        help='inference runtime (default: torch)')
+    parser.add_argument('--device', default='cpu', help="'cpu', 'cuda' or 'cuda:N'")
+    if wanted('model_size'):
+        parser.add_argument('--size', type=int, default=None, dest='model_size',
+                            help='model size the frame is resized to (512, 1024, 2048, ...; '
+                                 "default: the model's sat_seg.json, else 512)")
+        parser.add_argument('--model-size', type=int, dest='model_size', action=DeprecatedAlias,
+                            replacement='--size', help='deprecated spelling of --size')
+    if wanted('threshold'):
+        parser.add_argument('--threshold', type=float, default=None,
+                            help="probability threshold (default: the model's, else 0.65)")
+    parser.add_argument('--min-area', type=int, default=None, dest='min_area_px',
+                        help='ignore components smaller than this many pixels (default: the '
+                             "model's)")
+    parser.add_argument('--max-detections', type=int, default=None, dest='max_detections',
+                        help='keep the N highest-scoring components (0: all; default: the '
+                             "model's)")
+    parser.add_argument('--tile-overlap', type=int, default=None, dest='tile_overlap',
+                        help='overlap of neighbouring tiles in pixels (blended)')
+    parser.add_argument('--batch-size', type=int, default=None, dest='batch_size',
+                        help='tiles per backend call')
+    parser.add_argument('--prompt', default=None, dest='prompt_mode',
+                        choices=('grid', 'box', 'none'),
+                        help="prompt mode (default: the model's)")
+
+
+def segmenter_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """Return the SegmenterConfig overrides the options set (None: the model's value)."""
+    return {name: getattr(args, name) for name in SEGMENTER_FIELDS if hasattr(args, name)}
+
+
+def segmenter_from_args(args: argparse.Namespace):
+    """Build the Segmenter that add_segmenter_arguments' options describe."""
+    from sat_seg_ros.segmenter import Segmenter
+
+    return Segmenter.from_model(args.model, backend=args.backend, device=args.device,
+                                **segmenter_options(args))

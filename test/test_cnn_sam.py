@@ -1,0 +1,169 @@
+"""The compact CNN-encoder SAM family: shapes, save/load, every backend path, training, errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def test_embeddings_are_stride_8_and_mask_is_128():
+    import torch
+
+    from sat_seg_training.models import build_model
+
+    model = build_model('test-cnn', image_size=256)
+    pixels = torch.zeros(2, 3, 256, 256)
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(pixels)
+        out = model(pixel_values=pixels, input_boxes=torch.tensor([[[0., 0., 256., 256.]]] * 2),
+                    multimask_output=False)
+    assert embeddings.shape == (2, 16, 32, 32)
+    assert out.pred_masks.shape == (2, 1, 1, 128, 128)
+    assert out.iou_scores.shape == (2, 1, 1)
+
+
+def test_default_architecture_fits_the_budget():
+    """sat-cnn: <= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sat_seg_ros.backends.torch_backend import SamTilePredictor
+    from sat_seg_training.models import build_model, count_parameters
+
+    model = build_model('sat-cnn')
+    assert count_parameters(model) * 4 <= 10e6
+    predictor = SamTilePredictor(model, 'box').eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        predictor(torch.zeros(1, 3, 256, 256))
+    assert 0.2e9 < counter.get_total_flops() <= 1e9
+
+
+def test_save_load_round_trip_is_bit_exact(cnn_model_dir):
+    import torch
+
+    from sat_seg_ros.modeling import CnnSamModel, load_sam_model
+
+    loaded = load_sam_model(cnn_model_dir)
+    again_dir = cnn_model_dir.parent / 'again'
+    loaded.save_pretrained(again_dir)
+    again = load_sam_model(again_dir)
+    assert isinstance(again, CnnSamModel)
+    first, second = loaded.state_dict(), again.state_dict()
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    assert (json.loads((cnn_model_dir / 'config.json').read_text())['model_type']
+            == 'sat_cnn_sam')
+
+
+def test_a_sam_folder_still_loads_as_sam(tiny_model_dir):
+    from transformers import SamModel
+
+    from sat_seg_ros.modeling import load_sam_model
+
+    assert type(load_sam_model(tiny_model_dir)) is SamModel
+
+
+def test_unknown_model_type_is_refused_with_the_fix(tmp_path):
+    from sat_seg_ros.modeling import load_sam_model
+
+    (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
+    with pytest.raises(ValueError, match="model_type 'bert'.*SamModel folder"):
+        load_sam_model(tmp_path)
+    (tmp_path / 'config.json').write_text('{not json')
+    with pytest.raises(ValueError, match='not a readable JSON'):
+        load_sam_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match='no config.json'):
+        load_sam_model(tmp_path / 'missing')
+
+
+def test_torch_backend_and_segmenter_run_the_family(cnn_model_dir):
+    from sat_seg_ros.segmenter import Segmenter
+
+    segmenter = Segmenter.from_model(cnn_model_dir, backend='torch')
+    frame = np.random.default_rng(0).integers(0, 255, (300, 400), dtype=np.uint8)
+    result = segmenter.segment(frame)
+    assert result.probability.shape == (300, 400)
+    assert result.mask.dtype == bool
+    assert 'torch' in segmenter.backend.describe()
+
+
+def test_onnx_export_matches_torch_and_is_tensorrt_ready(cnn_model_dir, tmp_path):
+    import onnx
+
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.export import check_tensorrt_compatible, export_model
+
+    out = tmp_path / 'exported'
+    summary = export_model(cnn_model_dir, out, static_batch=4)
+    assert [item['batch'] for item in summary] == ['dynamic', 4]
+    for item in summary:
+        graph = onnx.load(item['path'])
+        assert check_tensorrt_compatible(graph, static=item['batch'] != 'dynamic') == []
+        assert 'BatchNormalization' not in item['ops']  # folded into the convolutions
+        assert item['max_abs_diff'] < 1e-4
+    frame = np.random.default_rng(1).integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    by_torch = Segmenter.from_model(cnn_model_dir, backend='torch').probability(frame)
+    by_ort = Segmenter.from_model(out, backend='onnxruntime').probability(frame)
+    assert np.abs(by_torch - by_ort).max() < 1e-4
+
+
+def _cnn_config(tmp_path, **changes):
+    from sat_seg_training.train import TrainConfig
+
+    values = {'name': 'test', 'out_dir': str(tmp_path / 'run'), 'architecture': 'test-cnn',
+              'data': 'shapes', 'scenes': 6, 'val_data': 'shapes', 'val_scenes': 2,
+              'model_sizes': [128], 'size_weights': [1.0], 'tile_size': 64, 'batch_size': 8,
+              'steps': 40, 'lr': 3e-3, 'warmup_steps': 1, 'val_every': 1000,
+              'checkpoint_every': 1000, 'log_every': 1, 'threads': 1, 'positive_fraction': 0.5,
+              'hard_negative_fraction': 0.5}
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _losses(run_dir):
+    from sat_seg_training.train import read_checkpoint
+
+    history = read_checkpoint(Path(run_dir) / 'last.pt')['history']
+    return [entry['loss'] for entry in history if 'loss' in entry]
+
+
+def test_two_stages_lower_the_loss_and_the_head_stays_out_of_the_export(tmp_path):
+    from sat_seg_training.train import read_checkpoint, train
+
+    stage1 = _cnn_config(tmp_path / 's1', stage='dense', crop_size=32)
+    train(stage1, progress=False)
+    losses = _losses(stage1.out_dir)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    checkpoint = read_checkpoint(Path(stage1.out_dir) / 'last.pt')
+    assert 'dense_head' in checkpoint and checkpoint['hardness'].shape[0] > 0
+
+    stage2 = _cnn_config(tmp_path / 's2', stage='sam', dense_weight=0.5, steps=30,
+                         init_from=str(Path(stage1.out_dir) / 'last.pt'))
+    train(stage2, progress=False)
+    losses = _losses(stage2.out_dir)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    exported = json.loads((Path(stage2.out_dir) / 'best_model' / 'config.json').read_text())
+    assert exported['model_type'] == 'sat_cnn_sam'
+    from safetensors import safe_open
+
+    with safe_open(str(Path(stage2.out_dir) / 'best_model' / 'model.safetensors'), 'np') as f:
+        assert not [key for key in f.keys() if 'head' in key and 'iou' not in key]
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from sat_seg_training.train import train
+
+    vit = _cnn_config(tmp_path / 'vit', architecture='test-micro', steps=2,
+                      hard_negative_fraction=0.0)
+    train(vit, progress=False)
+    other = _cnn_config(tmp_path / 'cnn', init_from=str(Path(vit.out_dir) / 'last.pt'))
+    with pytest.raises(ValueError, match="another architecture than 'test-cnn'"):
+        train(other, progress=False)
+    assert not (Path(other.out_dir) / 'last.pt').exists()
+
+
+def test_dense_stage_needs_a_cnn_architecture(tmp_path):
+    with pytest.raises(ValueError, match='need a CNN-encoder architecture'):
+        _cnn_config(tmp_path, architecture='test-micro', stage='dense')

@@ -1,0 +1,1 @@
+"""Offline subcommands of ``sat-seg`` (data, training, calibration, evaluation, export)."""
