@@ -180,7 +180,7 @@ class CnnSamPreTrainedModel(PreTrainedModel):
     input_modalities = ('image',)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Fan-in (PyTorch default) init for conv/linear, BatchNorm at identity.
+        """Fan-in (PyTorch default) init for conv/linear, norms at identity (SamLayerNorm too).
 
         SAM's N(0, 0.02) start leaves the mask logits near zero through the hypernetwork and
         the upscaler, and training from nothing then sits on a plateau (docs/training.md).
@@ -193,10 +193,6 @@ class CnnSamPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, std=1.0)
         elif isinstance(module, SamPositionalEmbedding):
             nn.init.normal_(module.positional_embedding, std=module.scale)
-        elif hasattr(module, 'weight') and isinstance(getattr(module, 'weight'), nn.Parameter) \
-                and module.__class__.__name__ == 'SamLayerNorm':
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class CnnSamModel(CnnSamPreTrainedModel):

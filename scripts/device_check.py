@@ -1,4 +1,4 @@
-"""GPU check for a session with a lent NVIDIA GPU: every backend, latency per frame, parity.
+"""GPU check on a machine with an NVIDIA GPU: every backend, latency per frame, parity.
 
 Runs, for model sizes 512 / 1024 / 2048 on the same synthetic frames: torch on CPU (the
 reference), torch CUDA fp32 and fp16, onnxruntime with the CUDA and TensorRT execution

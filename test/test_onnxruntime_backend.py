@@ -105,3 +105,14 @@ def test_provider_choice():
     gpu = ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
     assert choose_providers('cuda:0', gpu) == ['CUDAExecutionProvider', 'CPUExecutionProvider']
     assert choose_providers('tensorrt', gpu) == gpu
+
+
+def test_sleeping_threads_give_the_same_logits(model_dir):
+    """spinning=False only changes how idle threads wait, never the numbers."""
+    batch = tiles(3, 256, seed=5)
+    spinning = create_backend('onnxruntime', model_dir, spinning=True).predict(batch)
+    sleeping = create_backend('onnxruntime', model_dir, spinning=False)
+    entries = sleeping.session.get_session_options().get_session_config_entry(
+        'session.intra_op.allow_spinning')
+    assert entries == '0'
+    assert np.array_equal(sleeping.predict(batch), spinning)

@@ -1,9 +1,9 @@
 """Runtime modules stay Python 3.8 compatible (Jetson TX2 containers run old Pythons).
 
 Runtime modules: everything in sat_seg_ros/ except the torch backend (the offline tools live in
-the top-level training/ folder, which a Jetson never runs). Checks: the source parses with Python 3.8's grammar; annotations that only evaluate
-on 3.9+/3.10+ (``list[int]``, ``X | None``) come with ``from __future__ import annotations``;
-no call of a few common 3.9+ only library functions.
+the top-level training/ folder, which a Jetson never runs). Checks: the source parses with Python
+3.8's grammar; annotations that only evaluate on 3.9+/3.10+ (``list[int]``, ``X | None``) come
+with ``from __future__ import annotations``; no call of a few common 3.9+ only library functions.
 """
 
 import ast

@@ -94,3 +94,16 @@ def test_bad_frame_shapes_are_refused(shape):
 def test_resize_keeps_single_channel_axis():
     assert resize(np.zeros((10, 10, 1), np.float32), 20, 30).shape == (20, 30, 1)
     assert resize(np.zeros((10, 10), np.float32), 5, 7).shape == (5, 7)
+
+
+@pytest.mark.parametrize('height, width, overlap', [(512, 512, 0), (512, 768, 0), (300, 700, 0),
+                                                    (512, 512, 32), (100, 90, 0)])
+def test_fast_placement_equals_the_blend(height, width, overlap):
+    """Disjoint unit-weight grids take the direct path; it must equal the weighted blend."""
+    grid = TileGrid(height, width, 256, overlap)
+    tiles = np.random.default_rng(4).random((len(grid), 256, 256), dtype=np.float32)
+    fast = grid.stitch(tiles)
+    grid._disjoint = False
+    blended = grid.stitch(tiles)
+    assert fast.dtype == blended.dtype == np.float32 and fast.shape == (height, width)
+    assert np.array_equal(fast, blended)

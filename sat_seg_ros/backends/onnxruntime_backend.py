@@ -51,7 +51,9 @@ class OnnxRuntimeBackend(Backend):
     """Runs the exported tile graph with ONNX Runtime.
 
     Options: ``onnx_path`` (default: the model folder's graph for this prompt, the dynamic-batch
-    one first), ``threads`` (intra-op threads; default ONNX Runtime's choice).
+    one first), ``threads`` (intra-op threads; default ONNX Runtime's choice), ``spinning``
+    (False: idle intra-op threads sleep instead of spinning, which leaves the CPU to the rest of
+    the process and machine, e.g. DDS threads or a second pipeline; default ONNX Runtime's).
     """
 
     name = 'onnxruntime'
@@ -59,7 +61,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, model_dir: os.PathLike | str, device: str = 'cpu',
                  prompt_mode: str = 'grid', grid_points: int = 4,
                  onnx_path: Optional[os.PathLike | str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, spinning: Optional[bool] = None) -> None:
         super().__init__(model_dir, prompt_mode, grid_points)
         import onnxruntime
 
@@ -75,6 +77,10 @@ class OnnxRuntimeBackend(Backend):
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        if spinning is not None:
+            flag = '1' if spinning else '0'
+            options.add_session_config_entry('session.intra_op.allow_spinning', flag)
+            options.add_session_config_entry('session.inter_op.allow_spinning', flag)
         self.onnx_path = path
         self.device = device
         self.session = onnxruntime.InferenceSession(path, options, providers=providers)

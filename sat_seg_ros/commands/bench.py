@@ -39,8 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', default=None, help='write all results to this JSON file')
     parser.add_argument('--frames', type=int, default=16, help='timed frames per small-model run')
     parser.add_argument('--sizes', default='512,1024,2048', help='model sizes for the small model')
-    parser.add_argument('--no-vitb', action='store_true',
-                        help='skip the ViT-B-sized config (about 10 s per tile on 2 CPU cores)')
+    parser.add_argument('--models', default='small,cnn,default,vit-b',
+                        help='which models to measure: small (5.2 M ViT SAM), cnn (the default '
+                             "model's architecture, random weights), default (the bundled "
+                             'model, trained), vit-b (SAM ViT-B, about 10 s per tile on 2 CPU '
+                             'cores); default: all')
+    parser.add_argument('--no-vitb', action='store_true', help='same as leaving vit-b out')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (default: all)')
     parser.add_argument('--rounds', type=int, default=9,
                         help='rounds of the headline ratio: each times ours and the naive '
@@ -97,6 +101,19 @@ def _gflop(function) -> float:
 
 
 def _max_rss_mb() -> float:
+    """Return this process's peak resident memory in MB.
+
+    Linux's VmHWM (high-water mark of this address space) starts afresh in a spawned child;
+    ``getrusage``'s ru_maxrss does not (it keeps the parent's peak across fork and exec, which
+    made every child report the bench process's own ~690 MB), so it is only the fallback.
+    """
+    try:
+        with open('/proc/self/status') as status:
+            for line in status:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -118,10 +135,12 @@ def measure(job: dict) -> dict:
         torch.set_num_threads(job['threads'])
     frames = synthetic_frames(job['frames'], seed=1)
     options = {'threads': job['threads']} if job.get('threads') else {}
-    segmenters = {name: Segmenter.from_model(job['model_dir'], backend=name,
-                                             model_size=job['size'], batch_size=job['batch_size'],
-                                             backend_options=options)
-                  for name in job['backends']}
+    # ONNX Runtime's idle threads spin by default; beside a torch pipeline in the same process
+    # (the naive one) they would take its CPU, so they sleep here.
+    segmenters = {name: Segmenter.from_model(
+        job['model_dir'], backend=name, model_size=job['size'], batch_size=job['batch_size'],
+        backend_options=dict(options, spinning=False) if name == 'onnxruntime' else options)
+        for name in job['backends']}
     first = segmenters[job['backends'][0]]
     out = {'model': job['name'], 'size': job['size'], 'frames': job['frames'],
            'tiles_per_frame': len(first.grid), 'batch_size': job['batch_size'],
@@ -318,13 +337,15 @@ def _write_cnn_model(folder: str, name: str) -> str:
     return path
 
 
-def _headline(base: dict, name: str, model_dir: str, rounds: int, trained: bool) -> dict:
+def _headline(base: dict, name: str, model_dir: str, rounds: int, trained: bool,
+              backend: str = 'torch') -> dict:
     result = _run_isolated(dict(base, name=name, model_dir=model_dir, size=512,
                                 frames=ROUND_FRAMES, naive=True, trained=trained,
-                                backends=['torch'], rounds=rounds))
-    print('  %s @512, torch vs naive: %.2fx median of %d rounds (min %.2fx, max %.2fx); '
+                                backends=[backend], rounds=rounds))
+    result['backend'] = backend
+    print('  %s @512, %s vs naive: %.2fx median of %d rounds (min %.2fx, max %.2fx); '
           '%.1f vs %.1f ms per frame; identical mask pixels >= %.4f, mask IoU >= %s (%s)'
-          % (name, result['ratio_median'], result['rounds'], result['ratio_min'],
+          % (name, backend, result['ratio_median'], result['rounds'], result['ratio_min'],
              result['ratio_max'], result['ours_ms_per_frame_median'],
              result['naive_ms_per_frame_median'], result['identical_pixels_min'],
              result['mask_iou_min'], result['agreement_threshold']), flush=True)
@@ -337,29 +358,53 @@ def run(args: argparse.Namespace) -> int:
     from sat_seg_ros.modeling import model_type
 
     sizes = [int(size) for size in args.sizes.split(',')]
+    chosen = {name.strip() for name in args.models.split(',') if name.strip()}
+    unknown = chosen - {'small', 'cnn', 'default', 'vit-b'}
+    if unknown:
+        raise ValueError('--models: unknown %s; choose from small, cnn, default, vit-b'
+                         % sorted(unknown))
+    if args.no_vitb:
+        chosen.discard('vit-b')
     results, headlines = [], {}
     print('%-8s %5s %5s %-12s %8s %8s %8s %8s %8s %8s' % COLUMNS)
     with tempfile.TemporaryDirectory() as folder:
         base = {'threads': args.threads, 'batch_size': 16, 'trained': False}
-        models = [('small', _write_model(folder, 'small', **SMALL)),
-                  ('cnn', _write_cnn_model(folder, 'cnn'))]
+        models = []
+        if 'small' in chosen:
+            models.append(('small', _write_model(folder, 'small', **SMALL)))
+        if 'cnn' in chosen:
+            models.append(('cnn', _write_cnn_model(folder, 'cnn')))
+        backends_of = {}
         for name, model_dir in models:
-            backends = ['torch'] + (['onnxruntime'] if _export(model_dir) else [])
+            backends_of[name] = ['torch'] + (['onnxruntime'] if _export(model_dir) else [])
             for size in sizes:
-                result = _run_isolated(dict(base, name=name, model_dir=model_dir, size=size,
-                                            frames=args.frames, backends=backends))
-                result['peak_rss_mb'] = _memory(base, name, model_dir, size, backends)
-                results.append(result)
-                _print_rows(result, result['peak_rss_mb'])
+                peaks = _memory(base, name, model_dir, size, backends_of[name])
+                counted = {}
+                for backend in backends_of[name]:  # one process each: no shared thread pools
+                    result = _run_isolated(dict(base, name=name, model_dir=model_dir,
+                                                size=size, frames=args.frames,
+                                                backends=[backend]))
+                    result['peak_rss_mb'] = peaks
+                    for key in ('gflop_per_frame', 'tx2_floor_ms', 'tx2_projected_ms'):
+                        if key in result:  # counted by torch; the same graph for every backend
+                            counted[key] = result[key]
+                    result.update({key: value for key, value in counted.items()
+                                   if key not in result})
+                    results.append(result)
+                    _print_rows(result, peaks)
         print('headline ratios (alternating rounds of %d frames of 512x641):' % ROUND_FRAMES)
-        headlines['small'] = _headline(base, 'small', models[0][1], args.rounds, False)
-        headlines['cnn'] = _headline(base, 'cnn', models[1][1], args.rounds, False)
-        if (DEFAULT_MODEL_DIR / 'config.json').is_file():
+        for name, model_dir in models:
+            for backend in backends_of[name]:
+                headlines['%s/%s' % (name, backend)] = _headline(
+                    base, name, model_dir, args.rounds, False, backend)
+        if 'default' in chosen and (DEFAULT_MODEL_DIR / 'config.json').is_file():
             bundled = os.path.join(folder, 'default')
             shutil.copytree(DEFAULT_MODEL_DIR, bundled)
-            headlines['default'] = _headline(base, 'default', bundled, args.rounds, True)
-            headlines['default']['family'] = model_type(bundled)
-        if not args.no_vitb:
+            for backend in ['torch'] + (['onnxruntime'] if _export(bundled) else []):
+                key = 'default/%s' % backend
+                headlines[key] = _headline(base, 'default', bundled, args.rounds, True, backend)
+                headlines[key]['family'] = model_type(bundled)
+        if 'vit-b' in chosen:
             vitb = _write_model(folder, 'vit-b')
             vitb_base = dict(base, batch_size=4)
             result = _run_isolated(dict(vitb_base, name='vit-b', model_dir=vitb, size=512,
