@@ -315,10 +315,11 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     for _ in range(config.batch_size):
         want_pos = rng.random() < config.positive_fraction
         ids = pos_ids if (want_pos and len(pos_ids)) or not len(neg_ids) else neg_ids
+        negative = ids is neg_ids
         size_index = rng.choice(len(weights), p=weights)
         in_size = ids[pool.size_index[ids] == size_index]
         ids = in_size if len(in_size) else ids
-        if (hardness is not None and ids is not pos_ids and not pool.positive[ids[0]]
+        if (hardness is not None and negative
                 and rng.random() < config.hard_negative_fraction):
             score = hardness[ids].astype(np.float64) + 1e-3
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
