@@ -22,6 +22,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'prompt_mode': 'grid',
     'grid_points': 4,
     'threshold': DEFAULT_THRESHOLD,
+    'seed_threshold': None,
     'min_area_px': 16,
     'max_detections': 0,
 }
@@ -31,8 +32,11 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
 class SegmenterConfig:
     """How a frame is cut, run and turned into a mask.
 
-    ``None`` for ``threshold``, ``prompt_mode`` or ``grid_points`` means "take the model's
-    ``sat_seg.json`` value, else the package default".
+    ``None`` for ``threshold``, ``seed_threshold``, ``prompt_mode`` or ``grid_points`` means
+    "take the model's ``sat_seg.json`` value, else the package default". ``threshold`` draws
+    the mask; a component of it counts only when its peak probability exceeds
+    ``seed_threshold`` (hysteresis; the default None, or any value at or below ``threshold``,
+    keeps every component).
     """
 
     model_size: int = 512
@@ -40,6 +44,7 @@ class SegmenterConfig:
     tile_overlap: int = 0
     batch_size: int = 16
     threshold: Optional[float] = None
+    seed_threshold: Optional[float] = None
     min_area_px: int = 16
     max_detections: int = 0  # keep the N highest-scoring components; 0 = all
     prompt_mode: Optional[str] = None
@@ -62,6 +67,8 @@ class SegmenterConfig:
         _check_int(self, 'max_detections', minimum=0)
         if self.threshold is not None:
             check_threshold(self.threshold)
+        if self.seed_threshold is not None:
+            check_threshold(self.seed_threshold, 'seed_threshold')
         if self.prompt_mode is not None and self.prompt_mode not in PROMPT_MODES:
             raise ValueError('prompt_mode=%r is not one of %s' % (self.prompt_mode, PROMPT_MODES))
         if self.grid_points is not None:
@@ -70,17 +77,17 @@ class SegmenterConfig:
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
         filled = dataclasses.replace(self)
-        for name in ('threshold', 'prompt_mode', 'grid_points'):
+        for name in ('threshold', 'seed_threshold', 'prompt_mode', 'grid_points'):
             if getattr(filled, name) is None:
                 setattr(filled, name, model_info.get(name, MODEL_INFO_DEFAULTS[name]))
         filled.validate()
         return filled
 
 
-def check_threshold(value: float) -> float:
+def check_threshold(value: float, name: str = 'threshold') -> float:
     """Return ``value`` as float if it is a probability strictly inside (0, 1), else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError('threshold=%r must be a number strictly between 0 and 1' % (value,))
+        raise ValueError('%s=%r must be a number strictly between 0 and 1' % (name, value))
     return float(value)
 
 

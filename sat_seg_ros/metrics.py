@@ -38,19 +38,27 @@ def summarize(pairs: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Dict[str, float
     ``pairs`` yields (predicted, truth) bool masks. Precision is 1.0 and recall is 1.0 when
     there is nothing to detect and nothing was detected (no denominator).
     """
+    def outcomes():
+        for predicted, truth in pairs:
+            predicted = np.asarray(predicted, bool)
+            truth = np.asarray(truth, bool)
+            yield (bool(truth.any()), iou(predicted, truth), bool(predicted.any()),
+                   bool((predicted & truth).any()))
+
+    return summarize_outcomes(outcomes())
+
+
+def summarize_outcomes(outcomes: Iterable[Tuple[bool, float, bool, bool]]) -> Dict[str, float]:
+    """:func:`summarize` from per-image (has a satellite, IoU, detected, overlaps the truth)."""
     correct = positives = negatives = 0
     ious = []
     true_pos = false_pos = false_neg = 0
-    for predicted, truth in pairs:
-        predicted = np.asarray(predicted, bool)
-        truth = np.asarray(truth, bool)
-        value = iou(predicted, truth)
+    for positive, value, detected, overlaps in outcomes:
         correct += value > IOU_CORRECT
-        detected = bool(predicted.any())
-        if truth.any():
+        if positive:
             positives += 1
             ious.append(value)
-            hit = detected and bool((predicted & truth).any())
+            hit = detected and overlaps
             true_pos += hit
             false_neg += not hit
             false_pos += detected and not hit

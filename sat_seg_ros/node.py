@@ -162,6 +162,9 @@ class SatSegNode(Node):
         try:
             if 'threshold' in changes:
                 self.segmenter.set_threshold(changes['threshold'] or info['threshold'])
+            if 'seed_threshold' in changes:
+                self.segmenter.set_seed_threshold(changes['seed_threshold']
+                                                  or info.get('seed_threshold'))
             if 'min_area_px' in changes:
                 value = changes['min_area_px']
                 self.segmenter.set_min_area(value if value >= 0 else int(info['min_area_px']))
@@ -189,8 +192,10 @@ class SatSegNode(Node):
         values.update({
             'backend': self.values['backend'], 'device': self.values['device'],
             'model': self.model_dir, 'model_size': config.model_size,
-            'threshold': config.threshold, 'min_area_px': config.min_area_px,
-            'max_detections': config.max_detections,
+            'threshold': config.threshold,
+            'seed_threshold': ('none' if config.seed_threshold is None
+                               else '%.4g' % config.seed_threshold),
+            'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -50,6 +50,12 @@ def _threshold(value: float) -> None:
                          'threshold')
 
 
+def _seed_threshold(value: float) -> None:
+    if value != 0.0 and not 0.0 < value < 1.0:
+        raise ValueError("must be strictly between 0 and 1, or 0.0 for the model's calibrated "
+                         'seed threshold')
+
+
 def _device(value: str) -> None:
     if not re.fullmatch(r'cpu|cuda(:[0-9]+)?', value):
         raise ValueError("must be 'cpu', 'cuda' or 'cuda:N'")
@@ -88,6 +94,12 @@ PARAMETERS: List[ParamSpec] = [
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',
               read_only=False, float_range=(0.0, 1.0), check=_threshold),
+    ParamSpec('seed_threshold', 0.0,
+              'Hysteresis: a mask component counts only when its peak probability exceeds '
+              'this (threshold draws its extent); strictly between 0 and 1, a value at or '
+              "below threshold gates nothing; 0.0: the model's sat_seg.json value (none if "
+              'unset). Settable at run time.',
+              read_only=False, float_range=(0.0, 1.0), check=_seed_threshold),
     ParamSpec('min_area_px', -1,
               'Connected components smaller than this many input pixels are dropped; -1: the '
               'sat_seg.json value (16). Settable at run time.',
@@ -174,6 +186,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'batch_size': values['batch_size'],
         'prompt_mode': unless(values['prompt_mode'], ''),
         'threshold': unless(values['threshold'], 0.0),
+        'seed_threshold': unless(values['seed_threshold'], 0.0),
         'min_area_px': unless(values['min_area_px'], -1),
         'max_detections': unless(values['max_detections'], -1),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -31,12 +31,17 @@ class Detection:
 
 
 def find_detections(probability: np.ndarray, mask: np.ndarray, min_area_px: int,
-                    max_detections: int = 0) -> Tuple[List[Detection], np.ndarray]:
+                    max_detections: int = 0, seed_threshold: Optional[float] = None
+                    ) -> Tuple[List[Detection], np.ndarray]:
     """Return the mask's components of at least ``min_area_px`` pixels, best first, and the mask.
 
-    ``max_detections`` > 0 keeps only that many components, highest score first (a scene known
-    to hold at most one satellite uses 1). The returned mask keeps exactly the returned
-    components (HxW bool), so the published mask and the detections always agree.
+    ``seed_threshold`` (hysteresis, as in Canny's edge linking): a component counts only when
+    its highest probability exceeds it, so a low ``threshold`` can draw a satellite's whole
+    extent while a faint blob elsewhere is no detection. None (or a value at or below the
+    mask's threshold) keeps every component. ``max_detections`` > 0 keeps only that many
+    components, highest score first (a scene known to hold at most one satellite uses 1). The
+    returned mask keeps exactly the returned components (HxW bool), so the published mask and
+    the detections always agree.
     """
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                connectivity=8)
@@ -50,6 +55,10 @@ def find_detections(probability: np.ndarray, mask: np.ndarray, min_area_px: int,
     inside = labels > 0
     peak = np.zeros(count, np.float32)
     np.maximum.at(peak, labels[inside], probability[inside])
+    if seed_threshold is not None:
+        keep = keep[peak[keep] > seed_threshold]
+        if keep.size == 0:
+            return [], np.zeros(mask.shape, bool)
     order = sorted(keep, key=lambda label: (-peak[label], -stats[label, cv2.CC_STAT_AREA]))
     if max_detections > 0:
         order = order[:max_detections]

@@ -85,6 +85,11 @@ class Segmenter:
         """Change the probability threshold (strictly between 0 and 1)."""
         self.config.threshold = check_threshold(value)
 
+    def set_seed_threshold(self, value: Optional[float]) -> None:
+        """Change the peak a component needs to count (strictly between 0 and 1; None: none)."""
+        self.config.seed_threshold = None if value is None else check_threshold(
+            value, 'seed_threshold')
+
     def set_min_area(self, value: int) -> None:
         """Change the smallest component area, in pixels of the input frame (>= 0)."""
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -143,7 +148,8 @@ class Segmenter:
         start = time.perf_counter()
         detections, mask = find_detections(probability, probability > self.config.threshold,
                                            self.config.min_area_px,
-                                           self.config.max_detections)
+                                           self.config.max_detections,
+                                           self.config.seed_threshold)
         timings['postprocess'] = time.perf_counter() - start
         timings['total'] = sum(timings.values())
         return Result(probability, mask, detections, bool(detections), timings)

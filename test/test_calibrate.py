@@ -40,6 +40,58 @@ def test_min_area_filters_small_distractors():
     assert result['table'][0]['accuracy'] == 1.0
 
 
+def test_seed_threshold_rescues_a_low_mask_threshold():
+    """The constructed case with the satellite at 0.6 around a 0.95 core.
+
+    Without a seed no threshold is right: below 0.55 the distractor fires, at 0.6 and above the
+    satellite shrinks to its core (IoU 16 / 400). With a low threshold and a seed, both are.
+    """
+    probabilities, truths = constructed_case()
+    probabilities[0][10:30, 10:30] = 0.6
+    probabilities[0][18:22, 18:22] = 0.95
+    plain = sweep(probabilities, truths, thresholds=[0.3, 0.5, 0.65], min_area_px=1)
+    assert plain['best']['accuracy'] == 0.5 and plain['best_seed_threshold'] is None
+    seeded = sweep(probabilities, truths, thresholds=[0.3, 0.5, 0.65], min_area_px=1,
+                   seed_thresholds=[None, 0.9, 0.99])
+    assert seeded['best']['accuracy'] == 1.0
+    assert (seeded['best_threshold'], seeded['best_seed_threshold']) == (0.5, 0.9)
+    # Seeds at or below a threshold gate nothing and are not listed; 0.99 removes everything.
+    rows = {(r['threshold'], r['seed_threshold']): r['accuracy'] for r in seeded['table']}
+    assert len(rows) == 9 and rows[(0.65, 0.99)] == 0.5
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_sweep_scores_exactly_as_the_runtime_post_processing(seed):
+    """The component-table sweep equals summarize() over find_detections' masks."""
+    import cv2
+
+    from sat_seg_ros import metrics
+    from sat_seg_ros.postprocess import find_detections
+
+    rng = np.random.default_rng(seed)
+    probabilities, truths = [], []
+    for index in range(6):
+        noise = cv2.GaussianBlur(rng.random((48, 56)).astype(np.float32), (0, 0), 2.5)
+        noise = (noise - noise.min()) / (np.ptp(noise) + 1e-6)
+        probabilities.append(noise)
+        truth = np.zeros((48, 56), bool)
+        if index % 3:
+            y, x = rng.integers(0, 36, 2)
+            truth[y:y + 12, x:x + 14] = True
+        truths.append(truth)
+    thresholds, seeds = [0.3, 0.5, 0.7], [None, 0.6, 0.8, 0.9]
+    for min_area in (1, 20):
+        for max_detections in (0, 1, 2):
+            result = sweep(probabilities, truths, thresholds, min_area, max_detections, seeds)
+            for row in result['table']:
+                t, s = row['threshold'], row['seed_threshold']
+                expected = metrics.summarize(
+                    (find_detections(p, p > t, min_area, max_detections, s)[1], m)
+                    for p, m in zip(probabilities, truths))
+                for key, value in expected.items():
+                    assert row[key] == pytest.approx(value, nan_ok=True), (t, s, key)
+
+
 def test_sweep_refuses_mismatched_inputs():
     with pytest.raises(ValueError, match='as many'):
         sweep([np.zeros((4, 4))], [], thresholds=[0.5])
@@ -78,3 +130,21 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     assert swept['best']['accuracy'] == best['accuracy']
     assert info['min_area_px'] == swept['min_area_px'] and info['max_detections'] == 1
     assert info['threshold'] == swept['best_threshold']
+    assert info['seed_threshold'] == swept['best_seed_threshold']
+    assert info['calibration']['seed_thresholds'] == [None, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995,
+                                                      0.998, 0.999]
+
+
+def test_calibrate_command_parses_seed_thresholds():
+    import argparse
+
+    from sat_seg_training.commands.calibrate import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(['--model', 'm', '--dataset', 'd',
+                              '--seed-thresholds', 'none, 0.99,0.995'])
+    assert args.seed_thresholds == [None, 0.99, 0.995]
+    for bad in ('1.5', 'often', ','):
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--model', 'm', '--dataset', 'd', '--seed-thresholds', bad])

@@ -238,6 +238,16 @@ def test_parameters_change_the_mask_at_run_time_and_bad_values_are_refused(
     assert not refused.successful and 'threshold' in refused.reason
     refused = client.set_parameter('min_area_px', -5)
     assert not refused.successful
+    assert client.set_parameter('threshold', 1e-9).successful
+    assert client.set_parameter('seed_threshold', 1 - 1e-9).successful  # nothing is confident
+    assert mask_values(302) == {0}
+    assert client.set_parameter('seed_threshold', 1e-9).successful  # at or below: no gate
+    assert mask_values(303) == {255}
+    assert client.set_parameter('seed_threshold', 1 - 1e-9).successful
+    assert client.spin_until(lambda: client.diagnostics.get('seed_threshold') == '1', 5.0)
+    assert not client.set_parameter('seed_threshold', 1.5).successful
+    assert client.set_parameter('seed_threshold', 0.0).successful  # back to the model's (none)
+    assert client.spin_until(lambda: client.diagnostics.get('seed_threshold') == 'none', 5.0)
     assert client.set_parameter('max_detections', 1).successful
     assert client.spin_until(lambda: client.diagnostics.get('max_detections') == '1', 5.0)
     assert not client.set_parameter('max_detections', -2).successful
@@ -380,7 +390,8 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
     assert node_config.segmenter_arguments(node_config.defaults()) == {
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
-        'threshold': None, 'min_area_px': None, 'max_detections': None}
+        'threshold': None, 'seed_threshold': None, 'min_area_px': None,
+        'max_detections': None}
 
 
 def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):

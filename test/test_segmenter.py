@@ -114,6 +114,45 @@ def test_detections_are_sorted_and_match_the_mask():
     assert top_mask.sum() == 600 and not top_mask[7, 7]
 
 
+def test_seed_threshold_keeps_the_extent_and_drops_faint_blobs():
+    """Hysteresis: the mask's threshold draws a component, its peak must pass the seed."""
+    probability = np.full((40, 60), 0.1, np.float32)
+    probability[5:25, 5:25] = 0.6            # the satellite's extent ...
+    probability[12:16, 12:16] = 0.99         # ... around a confident core
+    probability[30:38, 40:58] = 0.8          # a blob that never gets confident
+    detections, mask = find_detections(probability, probability > 0.5, 4, seed_threshold=0.95)
+    assert [d.bbox_xyxy for d in detections] == [(5, 5, 25, 25)]
+    assert mask.sum() == 400 and not mask[32, 45]
+    # No seed (None) or a seed at or below the mask threshold gates nothing.
+    for seed in (None, 0.5, 0.3):
+        assert len(find_detections(probability, probability > 0.5, 4, seed_threshold=seed)[0]) == 2
+    # The seed alone as the threshold would keep only the 16 px core.
+    assert find_detections(probability, probability > 0.95, 4)[1].sum() == 16
+    assert find_detections(probability, probability > 0.5, 4, seed_threshold=0.995)[0] == []
+
+
+def test_seed_threshold_comes_from_the_model_and_changes_at_run_time(tmp_path):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={'threshold': 0.4, 'seed_threshold': 0.9})
+    segmenter = Segmenter.from_model(path)
+    assert segmenter.config.seed_threshold == 0.9
+    assert Segmenter.from_model(path, seed_threshold=0.97).config.seed_threshold == 0.97
+    assert Segmenter.from_model(make_tiny_model(tmp_path / 'n')).config.seed_threshold is None
+    frame = np.random.default_rng(3).integers(0, 256, (256, 256), dtype=np.uint8)
+    segmenter.set_threshold(0.01)
+    segmenter.set_min_area(0)
+    segmenter.set_seed_threshold(None)
+    peak = float(segmenter.segment(frame).probability.max())
+    assert segmenter.segment(frame).detected
+    segmenter.set_seed_threshold(min(0.999999, peak + 1e-4))
+    assert not segmenter.segment(frame).detected
+    with pytest.raises(ValueError, match='seed_threshold'):
+        segmenter.set_seed_threshold(1.0)
+    with pytest.raises(ValueError, match='seed_threshold'):
+        Segmenter.from_model(path, seed_threshold=-0.2)
+
+
 def test_max_detections_comes_from_the_model_and_changes_at_run_time(tiny_model_dir, tmp_path):
     import shutil
 

@@ -1,42 +1,118 @@
-"""Choose the probability threshold on validation data and store it in the model's sat_seg.json.
+"""Choose the probability and seed thresholds on validation data; store them in sat_seg.json.
 
-Each image's probability map is computed once with the Segmenter; every candidate threshold is
-then scored with the report's metric (same thresholding and component filtering as the runtime).
-The best accuracy wins; ties go to the higher mean IoU, then to the threshold nearest 0.5.
+Each image's probability map is computed once with the Segmenter and labelled once per candidate
+threshold; every (threshold, seed threshold, smallest component) rule is then scored with the
+report's metric from the components' area, peak and overlap with the truth (the runtime's
+thresholding and component filtering). The best accuracy wins; ties go to the higher mean IoU,
+then to the threshold nearest 0.5, then to no seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sat_seg_ros import metrics
-from sat_seg_ros.postprocess import find_detections
 
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.025), 3))
+#: Seed thresholds (hysteresis) swept by ``sat-seg calibrate``; None: no seed test.
+DEFAULT_SEED_THRESHOLDS = (None, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+@dataclasses.dataclass
+class Components:
+    """One image's components at one threshold: what any post-processing rule needs.
+
+    Per component (arrays of the same length, label order): ``area`` (pixels), ``peak``
+    (highest probability) and ``overlap`` (pixels on the true mask); ``truth_area`` is the true
+    mask's pixel count.
+    """
+
+    area: np.ndarray
+    peak: np.ndarray
+    overlap: np.ndarray
+    truth_area: int
+
+    @classmethod
+    def of(cls, probability: np.ndarray, truth: np.ndarray, threshold: float) -> 'Components':
+        """Label ``probability > threshold`` as find_detections does (8-connected)."""
+        import cv2
+        from scipy import ndimage
+
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (probability > threshold).astype(np.uint8), connectivity=8)
+        index = np.arange(1, count)
+        # float32 like find_detections' peaks, so a seed compares the same way in both
+        peak = (np.asarray(ndimage.maximum(probability, labels, index), np.float32)
+                if count > 1 else np.zeros(0, np.float32))
+        overlap = np.bincount(labels[truth], minlength=count)[1:]
+        return cls(stats[1:, cv2.CC_STAT_AREA].astype(np.int64), peak, overlap,
+                   int(np.count_nonzero(truth)))
+
+    def outcome(self, min_area_px: int, max_detections: int,
+                seed_threshold: Optional[float]) -> Tuple[float, bool, bool]:
+        """Return (IoU, detected, overlaps the truth) of the runtime's rule on these components.
+
+        The same selection as find_detections: at least ``min_area_px`` pixels (and 1), a peak
+        above ``seed_threshold``, then the ``max_detections`` best by (peak, area).
+        """
+        keep = self.area >= max(1, min_area_px)
+        if seed_threshold is not None:
+            keep &= self.peak > seed_threshold
+        chosen = np.flatnonzero(keep)
+        if max_detections > 0 and len(chosen) > max_detections:
+            order = np.lexsort((-self.area[chosen], -self.peak[chosen]))
+            chosen = chosen[order[:max_detections]]
+        area, overlap = int(self.area[chosen].sum()), int(self.overlap[chosen].sum())
+        union = area + self.truth_area - overlap
+        return (1.0 if union == 0 else overlap / union), len(chosen) > 0, overlap > 0
+
+
+def component_tables(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                     thresholds: Sequence[float]) -> Dict[float, List[Components]]:
+    """Label every map once per threshold (the costly part of a sweep)."""
+    if len(probabilities) != len(truths) or not probabilities:
+        raise ValueError('need as many probability maps as masks, and at least one (got %d, %d)'
+                         % (len(probabilities), len(truths)))
+    return {float(t): [Components.of(p, np.asarray(m, bool), t)
+                       for p, m in zip(probabilities, truths)] for t in thresholds}
 
 
 def sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
           thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-          min_area_px: int = 16, max_detections: int = 0) -> Dict[str, Any]:
-    """Score every threshold; return {'best_threshold', 'best', 'table': [{threshold, ...}]}."""
-    if len(probabilities) != len(truths) or not probabilities:
-        raise ValueError('need as many probability maps as masks, and at least one (got %d, %d)'
-                         % (len(probabilities), len(truths)))
+          min_area_px: int = 16, max_detections: int = 0,
+          seed_thresholds: Sequence[Optional[float]] = (None,),
+          tables: Optional[Dict[float, List[Components]]] = None) -> Dict[str, Any]:
+    """Score every (threshold, seed threshold) pair with the runtime's post-processing.
+
+    Returns {'best_threshold', 'best_seed_threshold', 'best', 'table': [{threshold,
+    seed_threshold, accuracy, ...}]}. A seed at or below the threshold gates nothing and is
+    left out. The best accuracy wins; ties go to the higher mean IoU, then to the threshold
+    nearest 0.5, then to no seed. ``tables`` (from component_tables) saves relabelling when
+    several sweeps share the maps.
+    """
+    tables = tables or component_tables(probabilities, truths, thresholds)
     table = []
     for threshold in thresholds:
-        pairs = ((find_detections(p, p > threshold, min_area_px, max_detections)[1], t)
-                 for p, t in zip(probabilities, truths))
-        row = metrics.summarize(pairs)
-        row['threshold'] = float(threshold)
-        table.append(row)
+        images = tables[float(threshold)]
+        for seed in seed_thresholds:
+            if seed is not None and seed <= threshold:
+                continue
+            outcomes = [(image.truth_area > 0,) + image.outcome(min_area_px, max_detections, seed)
+                        for image in images]
+            row = metrics.summarize_outcomes(outcomes)
+            row['threshold'] = float(threshold)
+            row['seed_threshold'] = None if seed is None else float(seed)
+            table.append(row)
     best = max(table, key=lambda r: (r['accuracy'], np.nan_to_num(r['mean_iou'], nan=-1.0),
-                                     -abs(r['threshold'] - 0.5)))
-    return {'best_threshold': best['threshold'], 'best': best, 'table': table}
+                                     -abs(r['threshold'] - 0.5), r['seed_threshold'] is None))
+    return {'best_threshold': best['threshold'], 'best_seed_threshold': best['seed_threshold'],
+            'best': best, 'table': table}
 
 
 def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
@@ -45,6 +121,7 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               plot: Optional[os.PathLike | str] = None,
               max_detections: Optional[int] = None,
               min_areas: Sequence[int] = (), backend: str = 'torch', device: str = 'cpu',
+              seed_thresholds: Sequence[Optional[float]] = DEFAULT_SEED_THRESHOLDS,
               **overrides) -> Dict[str, Any]:
     """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json.
 
@@ -52,6 +129,8 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     threshold, so the stored pair is the one that was measured. ``min_areas`` also sweeps the
     smallest kept component (pixels); the best (accuracy, mean IoU) pair wins and both are
     written. Empty: the model's ``min_area_px`` only (or ``overrides['min_area_px']``).
+    ``seed_thresholds`` are the hysteresis seeds swept with each threshold (None: no seed);
+    the chosen one is written as ``seed_threshold`` (null when none wins).
     ``overrides`` are further Segmenter settings (tile_overlap, batch_size, prompt_mode; None:
     the model's).
     """
@@ -70,16 +149,18 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         probabilities.append(segmenter.probability(image))
         mask = record.read_mask() if record.positive else None
         truths.append(mask if mask is not None else np.zeros(image.shape[:2], bool))
+    tables = component_tables(probabilities, truths, thresholds)
     candidates = []
     for min_area in (list(min_areas) or [segmenter.config.min_area_px]):
         candidate = sweep(probabilities, truths, thresholds, int(min_area),
-                          segmenter.config.max_detections)
+                          segmenter.config.max_detections, seed_thresholds, tables)
         candidate['min_area_px'] = int(min_area)
         candidates.append(candidate)
     result = max(candidates, key=lambda c: (c['best']['accuracy'],
                                             np.nan_to_num(c['best']['mean_iou'], nan=-1.0)))
     result['min_area_sweep'] = [{'min_area_px': c['min_area_px'],
                                  'threshold': c['best_threshold'],
+                                 'seed_threshold': c['best_seed_threshold'],
                                  'accuracy': c['best']['accuracy'],
                                  'mean_iou': c['best']['mean_iou']} for c in candidates]
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
@@ -92,28 +173,35 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         path = Path(model_dir) / MODEL_INFO_FILE
         info = json.loads(path.read_text()) if path.is_file() else {}
         info['threshold'] = result['best_threshold']
+        info['seed_threshold'] = result['best_seed_threshold']
         info['max_detections'] = result['max_detections']
         info['min_area_px'] = result['min_area_px']
         info['calibration'] = {
             'dataset': str(dataset_dir), 'images': len(records),
             'model_size': result['model_size'], 'max_detections': result['max_detections'],
             'min_area_px': result['min_area_px'],
+            'seed_threshold': result['best_seed_threshold'],
             'accuracy': result['best']['accuracy'],
             'mean_iou': result['best']['mean_iou'],
-            'thresholds': [thresholds[0], thresholds[-1], len(thresholds)]}
+            'thresholds': [thresholds[0], thresholds[-1], len(thresholds)],
+            'seed_thresholds': list(seed_thresholds)}
         write_model_info(model_dir, info)
         load_model_info(model_dir)  # fails loudly if what we wrote does not parse
     return result
 
 
 def plot_sweep(result: Dict[str, Any], path: Path) -> Path:
-    """Plot accuracy, mean IoU, precision and recall against the threshold (PNG, atomic)."""
+    """Plot accuracy, mean IoU, precision and recall against the threshold (PNG, atomic).
+
+    Only the rows of the chosen seed threshold are drawn (one curve per metric).
+    """
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    table = result['table']
+    seed = result.get('best_seed_threshold')
+    table = [r for r in result['table'] if r.get('seed_threshold') == seed]
     thresholds = [r['threshold'] for r in table]
     figure, axis = plt.subplots(figsize=(6, 3.5))
     for key in ('accuracy', 'mean_iou', 'precision', 'recall'):
@@ -122,7 +210,8 @@ def plot_sweep(result: Dict[str, Any], path: Path) -> Path:
                  label='chosen %.3f' % result['best_threshold'])
     axis.set_xlabel('threshold')
     axis.set_ylim(0, 1.02)
-    axis.set_title('validation sweep at model size %s' % result.get('model_size', '?'))
+    axis.set_title('validation sweep at model size %s%s' % (
+        result.get('model_size', '?'), '' if seed is None else ', seed threshold %g' % seed))
     axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,8 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
         summary = metrics.summarize(pairs)
         summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
                         'threshold': segmenter.config.threshold,
+                        'seed_threshold': segmenter.config.seed_threshold,
+                        'min_area_px': segmenter.config.min_area_px,
                         'prompt_mode': segmenter.config.prompt_mode,
                         'max_detections': segmenter.config.max_detections,
                         'backend': backend, 'device': device})
@@ -157,12 +159,14 @@ def format_table(report: Dict[str, Any]) -> str:
     """Return Table 1 as aligned text."""
     lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
              'machine: %s' % report['machine'],
-             '%6s %9s %9s %10s %8s %10s %10s' % ('size', 'accuracy', 'mean IoU', 'precision',
-                                                 'recall', 's/image', 'threshold')]
+             '%6s %9s %9s %10s %8s %10s %10s %6s' % ('size', 'accuracy', 'mean IoU', 'precision',
+                                                     'recall', 's/image', 'threshold', 'seed')]
     for row in report['rows']:
-        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.2f' % (
+        seed = row.get('seed_threshold')
+        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
-            row['recall'], row['seconds_per_image'], row['threshold']))
+            row['recall'], row['seconds_per_image'], row['threshold'],
+            'none' if seed is None else '%g' % seed))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

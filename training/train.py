@@ -618,13 +618,15 @@ class ModuleBackend(Backend):
 def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
              model_size: int = 512, min_area_px: int = 16, tile_size: int = 256,
              thresholds: Sequence[float] = THRESHOLDS, max_detections: int = 0,
-             head=None) -> Dict[str, Any]:
+             head=None, seed_thresholds: Optional[Sequence[Optional[float]]] = None
+             ) -> Dict[str, Any]:
     """Segment every scene with the Segmenter; return the best threshold's metrics and the table.
 
-    The post-processing is the runtime's (``min_area_px``, ``max_detections``), scored by
-    ``calibrate.sweep`` exactly as ``sat-seg calibrate`` scores it.
+    The post-processing is the runtime's (``min_area_px``, ``max_detections``, hysteresis over
+    ``seed_thresholds``; None: calibrate's default seeds), scored by ``calibrate.sweep``
+    exactly as ``sat-seg calibrate`` scores it.
     """
-    from sat_seg_training.calibrate import sweep
+    from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS, sweep
 
     backend = ModuleBackend(model, prompt_mode, grid_points, head)
     segmenter = Segmenter(backend, SegmenterConfig(
@@ -632,13 +634,16 @@ def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
         prompt_mode=prompt_mode, grid_points=grid_points))
     probabilities = [segmenter.probability(scene.image) for scene in scenes]
     result = sweep(probabilities, [scene.mask for scene in scenes], thresholds, min_area_px,
-                   max_detections)
-    return {'best_threshold': result['best_threshold'], 'accuracy': result['best']['accuracy'],
+                   max_detections, DEFAULT_SEED_THRESHOLDS if seed_thresholds is None
+                   else seed_thresholds)
+    return {'best_threshold': result['best_threshold'],
+            'best_seed_threshold': result['best_seed_threshold'],
+            'accuracy': result['best']['accuracy'],
             'mean_iou': result['best']['mean_iou'], 'table': result['table']}
 
 
 def export_model(model, directory: Path, config: TrainConfig, threshold: float,
-                 provenance: Dict[str, Any]) -> None:
+                 provenance: Dict[str, Any], seed_threshold: Optional[float] = None) -> None:
     """Write a runtime model folder: SamModel files plus sat_seg.json (atomically per file)."""
     tmp = directory.parent / ('.' + directory.name + '.tmp')
     if tmp.exists():
@@ -649,8 +654,9 @@ def export_model(model, directory: Path, config: TrainConfig, threshold: float,
     write_model_info(tmp, {
         'model_size': config.model_sizes[0], 'tile_size': config.tile_size, 'tile_overlap': 0,
         'prompt_mode': config.prompt_mode, 'grid_points': config.grid_points,
-        'threshold': float(threshold), 'min_area_px': config.min_area_px,
-        'max_detections': config.max_detections, 'provenance': provenance})
+        'threshold': float(threshold), 'seed_threshold': seed_threshold,
+        'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
+        'provenance': provenance})
     directory.mkdir(parents=True, exist_ok=True)
     for item in tmp.iterdir():
         item.chmod(0o644)  # save_pretrained may create owner-only files; the package ships them
@@ -855,18 +861,22 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             entry = {'step': step, 'val_accuracy': result['accuracy'],
                      'val_mean_iou': result['mean_iou'],
                      'val_threshold': result['best_threshold'],
+                     'val_seed_threshold': result['best_seed_threshold'],
                      'elapsed_s': round(time.time() - started, 1)}
             history.append(entry)
-            LOG.info('validation at step %d: accuracy %.3f mIoU %.3f (threshold %.2f)',
-                     step, result['accuracy'], result['mean_iou'], result['best_threshold'])
+            LOG.info('validation at step %d: accuracy %.3f mIoU %.3f (threshold %.2f, seed %s)',
+                     step, result['accuracy'], result['mean_iou'], result['best_threshold'],
+                     result['best_seed_threshold'])
             if (result['accuracy'], result['mean_iou']) > (best['accuracy'], best['mean_iou']):
                 best = {'accuracy': result['accuracy'], 'mean_iou': result['mean_iou'],
-                        'step': step, 'threshold': result['best_threshold']}
+                        'step': step, 'threshold': result['best_threshold'],
+                        'seed_threshold': result['best_seed_threshold']}
                 if accelerator.is_main_process:
                     save('best')
                     export_model(accelerator.unwrap_model(model), out / 'best_model', config,
                                  result['best_threshold'], provenance(config, best, step,
-                                                                      time.time() - started))
+                                                                      time.time() - started),
+                                 result['best_seed_threshold'])
             plot_history(history, out / 'curves.png')
         if accelerator.is_main_process and (step % config.checkpoint_every == 0
                                             or step == steps):

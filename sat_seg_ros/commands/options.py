@@ -13,8 +13,8 @@ import sys
 from typing import Any, Dict, Sequence
 
 #: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
-SEGMENTER_FIELDS = ('model_size', 'threshold', 'min_area_px', 'max_detections', 'tile_overlap',
-                    'batch_size', 'prompt_mode')
+SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
+                    'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode')
 
 
 class DeprecatedAlias(argparse.Action):
@@ -55,6 +55,11 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
     if wanted('threshold'):
         parser.add_argument('--threshold', type=float, default=None,
                             help="probability threshold (default: the model's, else 0.65)")
+    if wanted('seed_threshold'):
+        parser.add_argument('--seed-threshold', type=float, default=None,
+                            dest='seed_threshold',
+                            help='a component counts only when its peak probability exceeds '
+                                 "this (hysteresis; default: the model's, else none)")
     parser.add_argument('--min-area', type=int, default=None, dest='min_area_px',
                         help='ignore components smaller than this many pixels (default: the '
                              "model's)")

@@ -6,8 +6,33 @@ import argparse
 from pathlib import Path
 
 from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS
 
 HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
+
+
+def parse_seeds(text: str):
+    """Parse --seed-thresholds: comma-separated probabilities or 'none'."""
+    seeds = []
+    for item in text.split(','):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == 'none':
+            seeds.append(None)
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                '--seed-thresholds: %r is neither a number nor none' % item) from None
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(
+                '--seed-thresholds: %r must be strictly between 0 and 1' % item)
+        seeds.append(value)
+    if not seeds:
+        raise argparse.ArgumentTypeError('--seed-thresholds needs at least one value')
+    return seeds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,10 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='validation dataset folder (with masks)')
     # The threshold is what is swept; --max-detections and --min-area are applied during the
     # sweep and stored with the chosen threshold.
-    add_segmenter_arguments(parser, exclude=('model', 'threshold'))
+    add_segmenter_arguments(parser, exclude=('model', 'threshold', 'seed_threshold'))
     parser.add_argument('--min-areas', default='', dest='min_areas',
                         help='also sweep the smallest kept component, e.g. 16,64,128 (pixels; '
                              "default: the model's min_area_px only)")
+    parser.add_argument('--seed-thresholds', default=DEFAULT_SEED_THRESHOLDS, type=parse_seeds,
+                        dest='seed_thresholds',
+                        help='hysteresis seeds swept with every threshold, e.g. none,0.99,0.995 '
+                             '(none: no seed; default: %s)' % ','.join(
+                                 'none' if v is None else str(v)
+                                 for v in DEFAULT_SEED_THRESHOLDS))
     parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
     parser.add_argument('--plot', type=Path, default=None,
                         help='sweep plot PNG (default: MODEL/calibration.png)')
@@ -38,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
                        write=not args.dry_run, plot=plot,
                        max_detections=options.pop('max_detections'),
                        min_areas=[int(v) for v in args.min_areas.split(',') if v.strip()],
-                       backend=args.backend, device=args.device, **options)
-    print('%9s %9s %9s %10s %8s' % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall'))
-    for row in result['table']:
+                       backend=args.backend, device=args.device,
+                       seed_thresholds=args.seed_thresholds, **options)
+    seed = result['best_seed_threshold']
+    print('%9s %9s %9s %10s %8s   (seed threshold %s)'
+          % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall',
+             'none' if seed is None else '%g' % seed))
+    for row in (r for r in result['table'] if r['seed_threshold'] == seed):
         print('%9.3f %9.3f %9.3f %10.3f %8.3f' % (row['threshold'], row['accuracy'],
                                                   row['mean_iou'], row['precision'],
                                                   row['recall']))
@@ -49,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         for row in result['min_area_sweep']:
             print('min_area_px %5d: best threshold %.3f, accuracy %.3f, mean IoU %.3f'
                   % (row['min_area_px'], row['threshold'], row['accuracy'], row['mean_iou']))
-    print('chosen threshold %.3f, min_area_px %d (accuracy %.3f, mean IoU %.3f) at model size '
-          '%d, max_detections %d, on %d images; previous threshold %.3f%s'
-          % (result['best_threshold'], result['min_area_px'], best['accuracy'],
+    print('chosen threshold %.3f, seed threshold %s, min_area_px %d (accuracy %.3f, mean IoU '
+          '%.3f) at model size %d, max_detections %d, on %d images; previous threshold %.3f%s'
+          % (result['best_threshold'], 'none' if seed is None else '%g' % seed,
+             result['min_area_px'], best['accuracy'],
              best['mean_iou'], result['model_size'], result['max_detections'],
              result['images'], result['previous_threshold'],
              '' if args.dry_run else '; written to sat_seg.json'))
