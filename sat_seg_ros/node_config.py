@@ -44,16 +44,13 @@ class ParamSpec:
         return {str: 'string', int: 'integer', float: 'double', bool: 'bool'}[type(self.default)]
 
 
-def _threshold(value: float) -> None:
-    if value != 0.0 and not 0.0 < value < 1.0:
-        raise ValueError("must be strictly between 0 and 1, or 0.0 for the model's calibrated "
-                         'threshold')
-
-
-def _seed_threshold(value: float) -> None:
-    if value != 0.0 and not 0.0 < value < 1.0:
-        raise ValueError("must be strictly between 0 and 1, or 0.0 for the model's calibrated "
-                         'seed threshold')
+def _calibrated(what: str) -> Callable[[float], None]:
+    """Return the check of a probability parameter whose 0.0 means the model's calibrated one."""
+    def check(value: float) -> None:
+        if value != 0.0 and not 0.0 < value < 1.0:
+            raise ValueError("must be strictly between 0 and 1, or 0.0 for the model's "
+                             'calibrated %s' % what)
+    return check
 
 
 def _device(value: str) -> None:
@@ -93,13 +90,14 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec('threshold', 0.0,
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',
-              read_only=False, float_range=(0.0, 1.0), check=_threshold),
+              read_only=False, float_range=(0.0, 1.0), check=_calibrated('threshold')),
     ParamSpec('seed_threshold', 0.0,
               'Hysteresis: a mask component counts only when its peak probability exceeds '
               'this (threshold draws its extent); strictly between 0 and 1, a value at or '
               "below threshold gates nothing; 0.0: the model's sat_seg.json value (none if "
               'unset). Settable at run time.',
-              read_only=False, float_range=(0.0, 1.0), check=_seed_threshold),
+              read_only=False, float_range=(0.0, 1.0),
+              check=_calibrated('seed threshold')),
     ParamSpec('min_area_px', -1,
               'Connected components smaller than this many input pixels are dropped; -1: the '
               'sat_seg.json value (16). Settable at run time.',

@@ -24,6 +24,11 @@ DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.0
 DEFAULT_SEED_THRESHOLDS = (None, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
+def seed_label(seed: Optional[float]) -> str:
+    """How reports print a seed threshold: 'none', or the value."""
+    return 'none' if seed is None else '%g' % seed
+
+
 @dataclasses.dataclass
 class Components:
     """One image's components at one threshold: what any post-processing rule needs.

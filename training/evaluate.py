@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from sat_seg_ros import metrics
+from sat_seg_training.calibrate import seed_label
 
 
 @dataclasses.dataclass
@@ -166,7 +167,7 @@ def format_table(report: Dict[str, Any]) -> str:
         lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
             row['recall'], row['seconds_per_image'], row['threshold'],
-            'none' if seed is None else '%g' % seed))
+            seed_label(seed)))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

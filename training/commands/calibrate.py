@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
-from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS
+from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS, seed_label
 
 HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
 
@@ -51,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         dest='seed_thresholds',
                         help='hysteresis seeds swept with every threshold, e.g. none,0.99,0.995 '
                              '(none: no seed; default: %s)' % ','.join(
-                                 'none' if v is None else str(v)
-                                 for v in DEFAULT_SEED_THRESHOLDS))
+                                 map(seed_label, DEFAULT_SEED_THRESHOLDS)))
     parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
     parser.add_argument('--plot', type=Path, default=None,
                         help='sweep plot PNG (default: MODEL/calibration.png)')
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     seed = result['best_seed_threshold']
     print('%9s %9s %9s %10s %8s   (seed threshold %s)'
           % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall',
-             'none' if seed is None else '%g' % seed))
+             seed_label(seed)))
     for row in (r for r in result['table'] if r['seed_threshold'] == seed):
         print('%9.3f %9.3f %9.3f %10.3f %8.3f' % (row['threshold'], row['accuracy'],
                                                   row['mean_iou'], row['precision'],
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                   % (row['min_area_px'], row['threshold'], row['accuracy'], row['mean_iou']))
     print('chosen threshold %.3f, seed threshold %s, min_area_px %d (accuracy %.3f, mean IoU '
           '%.3f) at model size %d, max_detections %d, on %d images; previous threshold %.3f%s'
-          % (result['best_threshold'], 'none' if seed is None else '%g' % seed,
+          % (result['best_threshold'], seed_label(seed),
              result['min_area_px'], best['accuracy'],
              best['mean_iou'], result['model_size'], result['max_detections'],
              result['images'], result['previous_threshold'],
