@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for a session with a lent NVIDIA GPU (one call of a few minutes).
+# GPU check on a machine with an NVIDIA GPU (one run of a few minutes).
 #
 # Runs scripts/device_check.py (torch CUDA fp32/fp16, onnxruntime CUDA / TensorRT execution
 # providers, the tensorrt backend fp32/fp16; latency per frame at 512/1024/2048 and parity

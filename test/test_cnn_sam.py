@@ -23,15 +23,16 @@ def test_embeddings_are_stride_8_and_mask_is_128():
     assert out.iou_scores.shape == (2, 1, 1)
 
 
-def test_default_architecture_fits_the_budget():
-    """sat-cnn: <= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
+@pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep'])
+def test_default_architecture_fits_the_budget(architecture):
+    """<= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from sat_seg_ros.backends.torch_backend import SamTilePredictor
     from sat_seg_training.models import build_model, count_parameters
 
-    model = build_model('sat-cnn')
+    model = build_model(architecture)
     assert count_parameters(model) * 4 <= 10e6
     predictor = SamTilePredictor(model, 'box').eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -164,6 +165,98 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     assert not (Path(other.out_dir) / 'last.pt').exists()
 
 
+def _scrambled(model):
+    """``model`` with random BatchNorm statistics and affine terms (a fresh one has identities)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                for tensor in (module.running_mean, module.weight, module.bias):
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator))
+                module.running_var.copy_(torch.rand(module.running_var.shape,
+                                                    generator=generator) + 0.5)
+    return model
+
+
+def _outputs(model, pixels):
+    import torch
+
+    boxes = torch.tensor([[[0., 0., 64., 64.]]] * len(pixels))
+    with torch.no_grad():
+        return model(pixel_values=pixels, input_boxes=boxes).pred_masks
+
+
+def test_a_deepened_model_computes_exactly_what_it_came_from():
+    import torch
+
+    from sat_seg_training.models import build_model, count_parameters, deepen
+
+    model = _scrambled(build_model('test-cnn', seed=1))
+    deeper = deepen(model, (1, 2, 3))
+    assert list(deeper.config.vision_config.stage_blocks) == [1, 2, 3]
+    assert [len(stage) for stage in deeper.vision_encoder.stages] == [1, 2, 3]
+    assert count_parameters(deeper) > count_parameters(model)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_outputs(model, pixels), _outputs(deeper, pixels))
+    # In training mode too (batch statistics), which is where the next stage starts.
+    model.train()
+    deeper.train()
+    with torch.no_grad():
+        assert torch.equal(model.vision_encoder(pixels).last_hidden_state,
+                           deeper.vision_encoder(pixels).last_hidden_state)
+    # The new blocks are not dead weight: their BatchNorm scale gets a gradient.
+    deeper.vision_encoder(pixels).last_hidden_state.square().sum().backward()
+    assert deeper.vision_encoder.stages[2][2].conv2[1].weight.grad.abs().sum() > 0
+
+
+def test_deepen_refuses_cutting_blocks_and_other_families():
+    from sat_seg_training.models import build_model, deepen
+
+    model = build_model('test-cnn')
+    with pytest.raises(ValueError, match='deepened, never cut'):
+        deepen(deepen(model, (1, 2, 2)), (1, 1, 2))
+    with pytest.raises(ValueError, match='deepened, never cut'):
+        deepen(model, (1, 2))
+    with pytest.raises(ValueError, match='only a CNN-encoder SAM'):
+        deepen(build_model('test-micro'), (1, 2, 2))
+
+
+def test_training_continues_from_a_shallower_checkpoint_only_when_told_to_deepen(tmp_path):
+    import torch
+
+    from sat_seg_training.train import (load_initial_model, model_from_checkpoint,
+                                        read_checkpoint, train)
+
+    shallow = _cnn_config(tmp_path / 'shallow', steps=3, hard_negative_fraction=0.0,
+                          dense_weight=0.5)
+    train(shallow, progress=False)
+    checkpoint = Path(shallow.out_dir) / 'last.pt'
+    refused = _cnn_config(tmp_path / 'refused', architecture='test-cnn-deep',
+                          init_from=str(checkpoint))
+    with pytest.raises(ValueError, match="another architecture than 'test-cnn-deep'"):
+        train(refused, progress=False)
+    assert not (Path(refused.out_dir) / 'last.pt').exists()
+
+    deeper = _cnn_config(tmp_path / 'deeper', architecture='test-cnn-deep', deepen=True,
+                         init_from=str(checkpoint), steps=4, hard_negative_fraction=0.0,
+                         dense_weight=0.5)
+    model, head = load_initial_model(deeper)
+    assert head is not None  # the dense head carries over with the encoder
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(_outputs(model.eval(), pixels),
+                       _outputs(model_from_checkpoint(read_checkpoint(checkpoint)).eval(), pixels))
+    train(deeper, progress=False)
+    stored = read_checkpoint(Path(deeper.out_dir) / 'last.pt')
+    assert stored['step'] == 4
+    assert stored['sam_config']['vision_config']['stage_blocks'] == [1, 2, 2]
+
+
 def test_dense_stage_needs_a_cnn_architecture(tmp_path):
     with pytest.raises(ValueError, match='need a CNN-encoder architecture'):
         _cnn_config(tmp_path, architecture='test-micro', stage='dense')
+    with pytest.raises(ValueError, match='deepen=true needs init_from'):
+        _cnn_config(tmp_path, architecture='test-cnn-deep', deepen=True)
+    with pytest.raises(ValueError, match="CNN-encoder architecture.*not 'test-micro'"):
+        _cnn_config(tmp_path, architecture='test-micro', deepen=True, init_from='x.pt')

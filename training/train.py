@@ -56,6 +56,9 @@ class TrainConfig:
     architecture: str = 'sat-tiny'
     stage: str = 'sam'  # 'sam' (whole model, 256 tiles) or 'dense' (encoder + dense head, crops)
     init_from: str = ''  # '' = fresh weights; a model folder (config.json) or a .pt checkpoint
+    # init_from's CNN-encoder SAM may have fewer residual blocks per stage than architecture:
+    # the missing ones are appended as identities (models.deepen), so training continues from it.
+    deepen: bool = False
     prompt_mode: str = 'box'  # the runtime prompt, written into sat_seg.json
     grid_points: int = 4
     freeze: List[str] = dataclasses.field(default_factory=list)  # SamModel parameter prefixes
@@ -120,6 +123,13 @@ class TrainConfig:
                                  '(one of %s), not %r' % (self.stage, self.dense_weight,
                                                           sorted(CNN_ARCHITECTURES),
                                                           self.architecture))
+        if self.deepen:
+            from sat_seg_training.models import CNN_ARCHITECTURES
+
+            if self.architecture not in CNN_ARCHITECTURES or not self.init_from:
+                raise ValueError('deepen=true needs init_from (the shallower model) and a '
+                                 'CNN-encoder architecture (one of %s), not %r'
+                                 % (sorted(CNN_ARCHITECTURES), self.architecture))
         if not 0.0 <= self.hard_negative_fraction <= 1.0:
             raise ValueError('hard_negative_fraction=%r must be in [0, 1]'
                              % self.hard_negative_fraction)
@@ -422,11 +432,11 @@ def jittered_boxes(masks: np.ndarray, input_size: int, jitter: float,
 def load_initial_model(config: TrainConfig):
     """Return (model, dense head state or None) to train: fresh, from a folder or a checkpoint.
 
-    A checkpoint's model must be of the configured architecture's family (a CNN-encoder SAM
-    for a CNN architecture, a SamModel otherwise): anything else is refused, not reshaped.
+    A checkpoint's model must be of the configured architecture (with ``deepen``, a shallower
+    one of it: see models.deepen): anything else is refused, not reshaped.
     """
-    from sat_seg_ros.modeling import load_sam_model
-    from sat_seg_training.models import build_model
+    from sat_seg_ros.modeling import MODEL_TYPE, load_sam_model
+    from sat_seg_training.models import build_model, deepen
 
     if not config.init_from:
         return build_model(config.architecture, seed=config.seed), None
@@ -437,6 +447,13 @@ def load_initial_model(config: TrainConfig):
         checkpoint = read_checkpoint(path)
         model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
     expected = build_model(config.architecture, seed=config.seed)
+    if (config.deepen and model.config.model_type == MODEL_TYPE == expected.config.model_type
+            and _shapes(model) != _shapes(expected)):
+        try:
+            model = deepen(model, expected.config.vision_config.stage_blocks, seed=config.seed)
+        except ValueError as error:
+            raise ValueError('init_from=%s cannot deepen into %r: %s'
+                             % (path, config.architecture, error)) from None
     if _shapes(model) != _shapes(expected):
         raise ValueError('init_from=%s holds a %s model of another architecture than %r; set '
                          "architecture to the checkpoint's or start from fresh weights"

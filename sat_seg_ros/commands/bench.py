@@ -327,12 +327,24 @@ def _memory(base: dict, name: str, model_dir: str, size: int, backends, **extra)
 
 
 def _write_cnn_model(folder: str, name: str) -> str:
-    """Write the default architecture (sat-cnn) with random weights and its sat_seg.json."""
-    from sat_seg_ros.config import write_model_info
-    from sat_seg_ros.modeling import build_cnn_sam
+    """Write the bundled model's architecture with random weights, and its sat_seg.json.
+
+    The architecture is read from the bundled ``config.json`` (sat-cnn when that is not a
+    CNN-encoder SAM), so this row always measures what ships.
+    """
+    import torch
+
+    from sat_seg_ros.config import DEFAULT_MODEL_DIR, write_model_info
+    from sat_seg_ros.modeling import CnnSamConfig, CnnSamModel, MODEL_TYPE, build_cnn_sam
 
     path = os.path.join(folder, name)
-    build_cnn_sam(seed=0).save_pretrained(path)
+    config_file = DEFAULT_MODEL_DIR / 'config.json'
+    stored = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if stored.get('model_type') == MODEL_TYPE:
+        torch.manual_seed(0)
+        CnnSamModel(CnnSamConfig.from_dict(stored)).save_pretrained(path)
+    else:
+        build_cnn_sam(seed=0).save_pretrained(path)
     write_model_info(path, {'prompt_mode': 'box', 'model_size': 512, 'tile_size': 256})
     return path
 
