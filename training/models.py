@@ -57,7 +57,7 @@ CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
                 'stage_blocks': (2, 2, 2), 'fuse_channels': 64, 'hidden': 64,
                 'decoder_mlp': 256, 'decoder_heads': 4},
     # sat-cnn with four residual blocks (not two) at strides 16 and 32, where they cost few
-    # FLOPs: 2.19 M parameters (8.8 MB fp32), 0.99 GFLOP per 256 tile. A sat-cnn checkpoint
+    # FLOPs: 2.19 M parameters (8.8 MB fp32), 0.98 GFLOP per 256 tile. A sat-cnn checkpoint
     # deepens into it exactly (``deepen``), so training continues from where sat-cnn stopped.
     'sat-cnn-deep': {'stem_channels': (24, 32), 'stage_channels': (64, 96, 128),
                      'stage_blocks': (2, 4, 4), 'fuse_channels': 64, 'hidden': 64,
