@@ -157,8 +157,6 @@ def deepen(model, stage_blocks, seed: int = 0):
     weight is copied; the new blocks' first convs are drawn from ``seed``. Refuses anything but
     a CNN-encoder SAM, and fewer blocks than it has.
     """
-    import copy
-
     import torch
 
     from sat_seg_ros.modeling import CnnSamConfig, CnnSamModel, MODEL_TYPE
@@ -171,7 +169,7 @@ def deepen(model, stage_blocks, seed: int = 0):
     if len(want) != len(have) or any(w < h for w, h in zip(want, have)):
         raise ValueError('stage_blocks=%s cannot come from %s: a model is deepened, never cut'
                          % (want, have))
-    config = CnnSamConfig.from_dict(copy.deepcopy(model.config.to_dict()))
+    config = CnnSamConfig.from_dict(model.config.to_dict())  # to_dict copies
     config.vision_config.stage_blocks = want
     torch.manual_seed(seed)
     deeper = CnnSamModel(config)

@@ -32,7 +32,7 @@ from sat_seg_ros.config import _check_int, atomic_write_text, SegmenterConfig, w
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
 from sat_seg_training.losses import LOSSES, segmentation_loss
-from sat_seg_training.models import ARCHITECTURES
+from sat_seg_training.models import ARCHITECTURES, CNN_ARCHITECTURES
 
 LOG = logging.getLogger(__name__)
 
@@ -116,16 +116,12 @@ class TrainConfig:
         if self.stage not in STAGES:
             raise ValueError('stage=%r is not one of %s' % (self.stage, STAGES))
         if self.stage == 'dense' or self.dense_weight > 0:
-            from sat_seg_training.models import CNN_ARCHITECTURES
-
             if self.architecture not in CNN_ARCHITECTURES:
                 raise ValueError('stage=%r / dense_weight=%r need a CNN-encoder architecture '
                                  '(one of %s), not %r' % (self.stage, self.dense_weight,
                                                           sorted(CNN_ARCHITECTURES),
                                                           self.architecture))
         if self.deepen:
-            from sat_seg_training.models import CNN_ARCHITECTURES
-
             if self.architecture not in CNN_ARCHITECTURES or not self.init_from:
                 raise ValueError('deepen=true needs init_from (the shallower model) and a '
                                  'CNN-encoder architecture (one of %s), not %r'
@@ -435,7 +431,7 @@ def load_initial_model(config: TrainConfig):
     A checkpoint's model must be of the configured architecture (with ``deepen``, a shallower
     one of it: see models.deepen): anything else is refused, not reshaped.
     """
-    from sat_seg_ros.modeling import MODEL_TYPE, load_sam_model
+    from sat_seg_ros.modeling import load_sam_model
     from sat_seg_training.models import build_model, deepen
 
     if not config.init_from:
@@ -447,8 +443,7 @@ def load_initial_model(config: TrainConfig):
         checkpoint = read_checkpoint(path)
         model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
     expected = build_model(config.architecture, seed=config.seed)
-    if (config.deepen and model.config.model_type == MODEL_TYPE == expected.config.model_type
-            and _shapes(model) != _shapes(expected)):
+    if config.deepen and _shapes(model) != _shapes(expected):
         try:
             model = deepen(model, expected.config.vision_config.stage_blocks, seed=config.seed)
         except ValueError as error:
