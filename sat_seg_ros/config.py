@@ -27,6 +27,10 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'max_detections': 0,
 }
 
+#: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
+#: (``calibration`` is its record, like the top-level one).
+SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'calibration')
+
 
 @dataclasses.dataclass
 class SegmenterConfig:
@@ -112,7 +116,40 @@ def load_model_info(model_dir: os.PathLike | str) -> Dict[str, Any]:
         if not isinstance(loaded, dict):
             raise ValueError('%s must hold a JSON object, not %s' % (path, type(loaded).__name__))
         info.update(loaded)
+    _check_by_model_size(info, path)
     return info
+
+
+def _check_by_model_size(info: Dict[str, Any], path: Path) -> None:
+    sizes = info.get('by_model_size', {})
+    if not isinstance(sizes, dict):
+        raise ValueError('%s: by_model_size must map model sizes to settings, e.g. '
+                         '{"1024": {"threshold": 0.4}}, not %r' % (path, sizes))
+    for size, entry in sizes.items():
+        if not str(size).isdigit() or int(size) < 1:
+            raise ValueError('%s: by_model_size key %r is not a model size (a positive '
+                             'integer, e.g. "1024")' % (path, size))
+        if int(size) == info['model_size']:
+            raise ValueError("%s: by_model_size has an entry for the model's own model_size %s; "
+                             'its values belong at the top level' % (path, size))
+        if not isinstance(entry, dict) or set(entry) - set(SIZE_KEYS):
+            raise ValueError('%s: by_model_size[%r] must be an object with keys among %s, not %r'
+                             % (path, size, list(SIZE_KEYS), entry))
+
+
+def info_for_size(info: Dict[str, Any], model_size: int) -> Dict[str, Any]:
+    """Return ``info`` (a ``sat_seg.json``) as it applies to frames run at ``model_size``.
+
+    Post-processing calibrated at one model size does not carry to another (probability maps
+    of the same scene differ), so ``by_model_size[str(model_size)]`` overrides the top-level
+    threshold, seed threshold, smallest component and kept detections when present.
+    """
+    entry = info.get('by_model_size', {}).get(str(model_size))
+    if not entry:
+        return dict(info)
+    merged = dict(info)
+    merged.update(entry)
+    return merged
 
 
 def write_model_info(model_dir: os.PathLike | str, info: Dict[str, Any]) -> Path:

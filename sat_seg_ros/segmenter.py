@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from sat_seg_ros.backends import Backend, create_backend
-from sat_seg_ros.config import (check_threshold, load_model_info, resolve_model_dir,
-                                SegmenterConfig)
+from sat_seg_ros.config import (check_threshold, info_for_size, load_model_info,
+                                resolve_model_dir, SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
 from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels
 
@@ -62,10 +62,12 @@ class Segmenter:
         """Load ``model_dir`` (None: the bundled default) with ``backend``.
 
         ``overrides`` are SegmenterConfig fields; fields not given come from the model's
-        ``sat_seg.json``, then from the package defaults.
+        ``sat_seg.json`` (its ``by_model_size`` entry for the model size in use, where there is
+        one), then from the package defaults.
         """
         model_dir = resolve_model_dir(model_dir)
         info = load_model_info(model_dir)
+        info = info_for_size(info, overrides.get('model_size') or info['model_size'])
         if info.get('warning'):  # e.g. a model whose provenance says it is not fit for use
             LOG.warning('model %s: %s', model_dir, info['warning'])
         fields = {field.name for field in dataclasses.fields(SegmenterConfig)}

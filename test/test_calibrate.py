@@ -105,6 +105,7 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     model = tmp_path / 'model'
     shutil.copytree(tiny_model_dir, model)
     (model / 'sat_seg.json').write_text(json.dumps({'prompt_mode': 'box', 'threshold': 0.65,
+                                                    'model_size': 256,
                                                     'provenance': {'kept': True}}))
     rng = np.random.default_rng(0)
     with DatasetWriter(tmp_path / 'val') as writer:
@@ -117,6 +118,7 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
                        plot=tmp_path / 'sweep.png')
     info = json.loads((model / 'sat_seg.json').read_text())
     assert info['threshold'] == result['best_threshold'] in (0.3, 0.5, 0.7)
+    assert result['written'] == 'top level' and 'by_model_size' not in info
     assert info['calibration']['images'] == 2
     assert info['provenance'] == {'kept': True}
     assert (tmp_path / 'sweep.png').stat().st_size > 1000
@@ -133,6 +135,67 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     assert info['seed_threshold'] == swept['best_seed_threshold']
     assert info['calibration']['seed_thresholds'] == [None, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995,
                                                       0.998, 0.999]
+
+
+def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses_it(
+        tiny_model_dir, tmp_path):
+    import shutil
+
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.dataset import DatasetWriter
+
+    model = tmp_path / 'model'
+    shutil.copytree(tiny_model_dir, model)
+    (model / 'sat_seg.json').write_text(json.dumps({'prompt_mode': 'box', 'threshold': 0.65,
+                                                    'seed_threshold': 0.99, 'model_size': 256,
+                                                    'min_area_px': 16}))
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / 'val') as writer:
+        mask = np.zeros((300, 280), bool)
+        mask[100:140, 100:150] = True
+        writer.add('a.png', rng.integers(0, 255, (300, 280), dtype=np.uint8), mask=mask)
+        writer.add('b.png', rng.integers(0, 255, (300, 280), dtype=np.uint8))
+    result = calibrate(model, tmp_path / 'val', model_size=512, thresholds=[0.3, 0.5],
+                       min_areas=[1, 5000], seed_thresholds=[None])
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert result['written'] == 'by_model_size[512]'
+    assert (info['threshold'], info['seed_threshold'], info['min_area_px']) == (0.65, 0.99, 16)
+    entry = info['by_model_size']['512']
+    assert entry['threshold'] == result['best_threshold'] and entry['seed_threshold'] is None
+    assert entry['min_area_px'] == result['min_area_px']
+    assert entry['calibration']['model_size'] == 512
+
+    at_512 = Segmenter.from_model(model, model_size=512)
+    at_256 = Segmenter.from_model(model)
+    try:
+        assert at_512.config.threshold == entry['threshold']
+        assert at_512.config.seed_threshold is None
+        assert at_512.config.min_area_px == entry['min_area_px']
+        assert at_512.model_info['calibration']['model_size'] == 512  # what the node resets to
+        assert (at_256.config.threshold, at_256.config.seed_threshold) == (0.65, 0.99)
+        assert at_256.config.min_area_px == 16
+        explicit = Segmenter.from_model(model, model_size=512, threshold=0.42)
+        assert explicit.config.threshold == 0.42  # an explicit setting still wins
+        explicit.close()
+    finally:
+        at_512.close()
+        at_256.close()
+
+
+@pytest.mark.parametrize('sizes, message', [
+    ([1024], 'must map model sizes'),
+    ({'big': {'threshold': 0.5}}, 'is not a model size'),
+    ({'512': {'threshold': 0.5}}, "model's own model_size 512"),
+    ({'1024': {'tile_size': 128}}, 'keys among'),
+    ({'1024': 0.5}, 'keys among'),
+])
+def test_a_bad_by_model_size_entry_is_named(tmp_path, sizes, message):
+    from sat_seg_ros.config import load_model_info
+
+    (tmp_path / 'sat_seg.json').write_text(json.dumps({'model_size': 512,
+                                                       'by_model_size': sizes}))
+    with pytest.raises(ValueError, match=message):
+        load_model_info(tmp_path)
 
 
 def test_calibrate_command_parses_seed_thresholds():

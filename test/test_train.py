@@ -41,6 +41,17 @@ def test_few_steps_lower_the_loss(tmp_path):
     assert info['prompt_mode'] == 'box' and info['provenance']['recipe'] == 'test'
 
 
+def test_peak_weight_reaches_the_training_loss(tmp_path):
+    """Same seed, same first batch: the logged loss grows by the (positive) peak term."""
+    first = {}
+    for weight in (0.0, 2.0):
+        config = micro_config(tmp_path / str(weight), steps=1, peak_weight=weight,
+                              peak_pixels=32)
+        train(config, progress=False)
+        first[weight] = read_checkpoint(Path(config.out_dir) / 'last.pt')['history'][0]['loss']
+    assert first[2.0] > first[0.0] + 0.05
+
+
 def test_frozen_parameters_stay_bit_identical(tmp_path):
     import torch
 

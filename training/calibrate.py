@@ -137,9 +137,12 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     ``seed_thresholds`` are the hysteresis seeds swept with each threshold (None: no seed);
     the chosen one is written as ``seed_threshold`` (null when none wins).
     ``overrides`` are further Segmenter settings (tile_overlap, batch_size, prompt_mode; None:
-    the model's).
+    the model's). The chosen values go to the top level of sat_seg.json when ``model_size`` is
+    the model's own, else to its ``by_model_size`` entry for that size, which the Segmenter
+    applies at that size only (``result['written']`` says which).
     """
-    from sat_seg_ros.config import load_model_info, MODEL_INFO_FILE, write_model_info
+    from sat_seg_ros.config import (load_model_info, MODEL_INFO_DEFAULTS, MODEL_INFO_FILE,
+                                    write_model_info)
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.dataset import load_dataset
 
@@ -177,19 +180,30 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     if write:
         path = Path(model_dir) / MODEL_INFO_FILE
         info = json.loads(path.read_text()) if path.is_file() else {}
-        info['threshold'] = result['best_threshold']
-        info['seed_threshold'] = result['best_seed_threshold']
-        info['max_detections'] = result['max_detections']
-        info['min_area_px'] = result['min_area_px']
-        info['calibration'] = {
-            'dataset': str(dataset_dir), 'images': len(records),
-            'model_size': result['model_size'], 'max_detections': result['max_detections'],
-            'min_area_px': result['min_area_px'],
+        chosen = {
+            'threshold': result['best_threshold'],
             'seed_threshold': result['best_seed_threshold'],
-            'accuracy': result['best']['accuracy'],
-            'mean_iou': result['best']['mean_iou'],
-            'thresholds': [thresholds[0], thresholds[-1], len(thresholds)],
-            'seed_thresholds': list(seed_thresholds)}
+            'max_detections': result['max_detections'],
+            'min_area_px': result['min_area_px'],
+            'calibration': {
+                'dataset': str(dataset_dir), 'images': len(records),
+                'model_size': result['model_size'], 'max_detections': result['max_detections'],
+                'min_area_px': result['min_area_px'],
+                'seed_threshold': result['best_seed_threshold'],
+                'accuracy': result['best']['accuracy'],
+                'mean_iou': result['best']['mean_iou'],
+                'thresholds': [thresholds[0], thresholds[-1], len(thresholds)],
+                'seed_thresholds': list(seed_thresholds)}}
+        own_size = info.get('model_size', MODEL_INFO_DEFAULTS['model_size'])
+        sizes = dict(info.get('by_model_size') or {})
+        if result['model_size'] == own_size:
+            info.update(chosen)
+        else:  # another size's frames keep their own post-processing (config.info_for_size)
+            sizes[str(result['model_size'])] = chosen
+        if sizes:
+            info['by_model_size'] = sizes
+        result['written'] = ('top level' if result['model_size'] == own_size
+                             else 'by_model_size[%s]' % result['model_size'])
         write_model_info(model_dir, info)
         load_model_info(model_dir)  # fails loudly if what we wrote does not parse
     return result

@@ -85,6 +85,10 @@ class TrainConfig:
     pos_weight: float = 1.0
     dice_weight: float = 1.0
     dense_weight: float = 0.0  # stage 'sam': weight of the dense head's loss (deep supervision)
+    # bce_dice only: weight of losses.peak_loss (each tile's peak_pixels most confident
+    # background pixels pushed to 0, its best satellite pixel to 1); 0 = off
+    peak_weight: float = 0.0
+    peak_pixels: int = 256
     optimizer: str = 'adamw'
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -138,6 +142,12 @@ class TrainConfig:
                              % (self.train_prompt, TRAIN_PROMPTS))
         if self.loss not in LOSSES:
             raise ValueError('loss=%r is not one of %s' % (self.loss, LOSSES))
+        if self.peak_weight < 0 or self.peak_pixels < 1:
+            raise ValueError('peak_weight=%r must be >= 0 and peak_pixels=%r >= 1'
+                             % (self.peak_weight, self.peak_pixels))
+        if self.peak_weight > 0 and self.loss != 'bce_dice':
+            raise ValueError("peak_weight=%r needs loss 'bce_dice' (not %r)"
+                             % (self.peak_weight, self.loss))
         if self.optimizer not in ('adam', 'adamw'):
             raise ValueError("optimizer=%r is not 'adam' or 'adamw'" % (self.optimizer,))
         if self.schedule not in ('cosine', 'constant'):
@@ -831,11 +841,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             if low_res is not None:
                 logits = to_target(low_res)
                 value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
-                                          config.dice_weight)
+                                          config.dice_weight, config.peak_weight,
+                                          config.peak_pixels)
             if dense is not None:
                 dense_logits = to_target(dense)
                 dense_loss = segmentation_loss(config.loss, dense_logits, target[rows],
-                                               config.pos_weight, config.dice_weight)
+                                               config.pos_weight, config.dice_weight,
+                                               config.peak_weight, config.peak_pixels)
                 value = dense_loss if low_res is None else value + (
                     config.dense_weight * dense_loss)
                 if low_res is None:

@@ -89,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
              result['min_area_px'], best['accuracy'],
              best['mean_iou'], result['model_size'], result['max_detections'],
              result['images'], result['previous_threshold'],
-             '' if args.dry_run else '; written to sat_seg.json'))
+             '' if args.dry_run else '; written to sat_seg.json (%s)' % result['written']))
     print('plot: %s' % plot)
     return 0

@@ -1,0 +1,88 @@
+"""Segmentation losses: the peak term sees what pixel-mean BCE misses, and nothing else."""
+
+import pytest
+
+torch = pytest.importorskip('torch')
+
+from sat_seg_training.losses import bce_dice_loss, peak_loss  # noqa: E402
+from sat_seg_training.train import TrainConfig  # noqa: E402
+
+
+def _scene():
+    """Two 64 px tiles: one with a 10x12 satellite, one empty; logits confidently negative."""
+    targets = torch.zeros(2, 64, 64)
+    targets[0, 20:30, 20:32] = 1.0
+    logits = torch.full((2, 64, 64), -6.0)
+    logits[0, 20:30, 20:32] = 4.0
+    return logits, targets
+
+
+def test_a_confident_false_blob_costs_what_it_costs_the_metric():
+    logits, targets = _scene()
+    clean = float(peak_loss(logits, targets, pixels=16, margin=4))
+    blob = logits.clone()
+    blob[1, 40:44, 40:44] = 5.0  # 16 px at p = 0.993 on the empty tile
+    with_blob = float(peak_loss(blob, targets, pixels=16, margin=4))
+    # the 16 worst background pixels of tile 1 go from softplus(-6) to softplus(5): mean over
+    # the two tiles rises by about 5 / 2
+    assert with_blob - clean == pytest.approx(0.5 * (5.0067 - 0.0025), abs=1e-3)
+    # pixel-mean BCE hardly notices the same blob (16 of 8192 pixels)
+    bce_change = float(bce_dice_loss(blob, targets, dice_weight=0) -
+                       bce_dice_loss(logits, targets, dice_weight=0))
+    assert bce_change < 0.02 * (with_blob - clean)
+
+
+def test_the_satellites_own_edge_is_not_punished_but_a_missed_satellite_is():
+    logits, targets = _scene()
+    clean = float(peak_loss(logits, targets, pixels=16, margin=4))
+    edge = logits.clone()
+    edge[0, 30:33, 20:32] = 5.0  # a blurred rim 1-3 px outside the true mask: within margin
+    assert float(peak_loss(edge, targets, pixels=16, margin=4)) == pytest.approx(clean)
+    far = logits.clone()
+    far[0, 50:54, 50:54] = 5.0  # the same rim moved far from the satellite
+    assert float(peak_loss(far, targets, pixels=16, margin=4)) > clean + 1.0
+    missed = logits.clone()
+    missed[0, 20:30, 20:32] = -6.0  # the satellite not found: its best pixel costs softplus(6)
+    assert float(peak_loss(missed, targets, pixels=16, margin=4)) == pytest.approx(
+        clean + 0.5 * (6.0025 - 0.0181), abs=1e-3)
+
+
+def test_gradient_reaches_only_the_worst_background_and_the_best_satellite_pixel():
+    logits, targets = _scene()
+    logits = logits + 0.01 * torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(0))
+    logits.requires_grad_(True)
+    peak_loss(logits, targets, pixels=16, margin=4).backward()
+    touched = (logits.grad != 0).flatten(1).sum(1)
+    assert touched.tolist() == [16 + 1, 16]
+    satellite = targets[0] > 0.5
+    assert int((logits.grad[0][satellite] != 0).sum()) == 1
+    assert float(logits.grad[0][satellite].sum()) < 0  # pushes the satellite's peak up
+
+
+def test_fully_covered_and_empty_batches_stay_finite():
+    full = torch.ones(1, 32, 32)
+    logits = torch.zeros(1, 32, 32, requires_grad=True)
+    value = peak_loss(logits, full, pixels=8, margin=2)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    empty = peak_loss(torch.zeros(3, 32, 32), torch.zeros(3, 32, 32), pixels=8)
+    assert float(empty) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(0.))))
+
+
+def test_peak_weight_adds_exactly_the_peak_term_and_zero_leaves_bce_dice_unchanged():
+    logits, targets = _scene()
+    logits = logits + torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(1))
+    base = bce_dice_loss(logits, targets, 3.0, 1.0)
+    assert float(bce_dice_loss(logits, targets, 3.0, 1.0, peak_weight=0.0)) == float(base)
+    weighted = bce_dice_loss(logits, targets, 3.0, 1.0, peak_weight=0.5, peak_pixels=32)
+    assert float(weighted) == pytest.approx(
+        float(base) + 0.5 * float(peak_loss(logits, targets, pixels=32)), rel=1e-6)
+
+
+def test_bad_peak_settings_are_named():
+    with pytest.raises(ValueError, match='peak_weight'):
+        TrainConfig(steps=1, peak_weight=-1.0)
+    with pytest.raises(ValueError, match='peak_pixels'):
+        TrainConfig(steps=1, peak_weight=1.0, peak_pixels=0)
+    with pytest.raises(ValueError, match="needs loss 'bce_dice'"):
+        TrainConfig(steps=1, peak_weight=1.0, loss='dice_ce')
