@@ -25,11 +25,16 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'seed_threshold': None,
     'min_area_px': 16,
     'max_detections': 0,
+    'flips': 1,
 }
+
+#: Test-time flips: each tile also runs mirrored, and the probabilities are averaged.
+FLIPS = (1, 2, 4)
 
 #: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
 #: (``calibration`` is its record, like the top-level one).
-SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'calibration')
+SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
+             'calibration')
 
 
 @dataclasses.dataclass
@@ -40,7 +45,8 @@ class SegmenterConfig:
     "take the model's ``sat_seg.json`` value, else the package default". ``threshold`` draws
     the mask; a component of it counts only when its peak probability exceeds
     ``seed_threshold`` (hysteresis; the default None, or any value at or below ``threshold``,
-    keeps every component).
+    keeps every component). ``flips`` 2 also runs every tile mirrored left-right, 4 also
+    upside down and both, and averages the probabilities (2x / 4x the model time).
     """
 
     model_size: int = 512
@@ -53,6 +59,7 @@ class SegmenterConfig:
     max_detections: int = 0  # keep the N highest-scoring components; 0 = all
     prompt_mode: Optional[str] = None
     grid_points: Optional[int] = None
+    flips: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +84,9 @@ class SegmenterConfig:
             raise ValueError('prompt_mode=%r is not one of %s' % (self.prompt_mode, PROMPT_MODES))
         if self.grid_points is not None:
             _check_int(self, 'grid_points', minimum=1)
+        if isinstance(self.flips, bool) or self.flips not in FLIPS:
+            raise ValueError('flips=%r is not one of %s (views averaged per tile)'
+                             % (self.flips, FLIPS))
 
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""

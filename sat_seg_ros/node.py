@@ -196,6 +196,7 @@ class SatSegNode(Node):
             'seed_threshold': ('none' if config.seed_threshold is None
                                else '%.4g' % config.seed_threshold),
             'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
+            'flips': config.flips,
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from sat_seg_ros.config import FLIPS
 from sat_seg_ros.qos import RELIABILITY_MODES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -63,6 +64,11 @@ def _positive_finite(value: float) -> None:
         raise ValueError('must be a finite number > 0')
 
 
+def _flips(value: int) -> None:
+    if value not in (0,) + FLIPS:
+        raise ValueError("must be 0 (the model's) or one of %s" % (FLIPS,))
+
+
 def _alpha(value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError('must be within [0, 1]')
@@ -87,6 +93,11 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec('prompt_mode', '',
               "SAM prompt: 'grid', 'box' or 'none'; empty: the model's sat_seg.json value.",
               choices=PROMPT_MODES),
+    ParamSpec('flips', 0,
+              'Views of each tile averaged: 1, 2 (+ mirrored left-right) or 4 (+ upside down '
+              "and both), at 1x / 2x / 4x the model time; 0: the model's sat_seg.json value "
+              '(1 when absent). The calibrated thresholds hold for that value.',
+              int_range=(0, 4), check=_flips),
     ParamSpec('threshold', 0.0,
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',
@@ -187,6 +198,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'seed_threshold': unless(values['seed_threshold'], 0.0),
         'min_area_px': unless(values['min_area_px'], -1),
         'max_detections': unless(values['max_detections'], -1),
+        'flips': unless(values['flips'], 0),
     }
 
 

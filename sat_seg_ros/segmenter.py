@@ -39,6 +39,18 @@ class Result:
     timings: Dict[str, float]
 
 
+#: Per ``flips`` setting, the views of a tile: (mirror rows, mirror columns).
+FLIP_VIEWS = {1: ((False, False),),
+              2: ((False, False), (False, True)),
+              4: ((False, False), (False, True), (True, False), (True, True))}
+
+
+def _mirror(array: np.ndarray, view) -> np.ndarray:
+    """Mirror (N, t, t, ...) tiles or maps along rows and/or columns; its own inverse."""
+    rows, columns = view
+    return array[:, slice(None, None, -1 if rows else 1), slice(None, None, -1 if columns else 1)]
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Numerically safe logistic function, float32."""
     return (0.5 * (np.tanh(0.5 * logits.astype(np.float32)) + 1.0)).astype(np.float32)
@@ -126,6 +138,20 @@ class Segmenter:
         return np.concatenate([self.backend.predict(tiles[start:start + step])
                                for start in range(0, len(tiles), step)])
 
+    def tile_probabilities(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, t, t) probabilities, each the mean over the tile's ``flips`` mirrored views.
+
+        All views go to the backend together (one batch stream), and each view's output is
+        mirrored back before averaging.
+        """
+        views = FLIP_VIEWS[self.config.flips]
+        logits = self.tile_logits(np.concatenate([_mirror(tiles, view) for view in views]))
+        count = len(tiles)
+        total = np.zeros((count,) + logits.shape[1:], np.float32)
+        for index, view in enumerate(views):
+            total += _mirror(sigmoid(logits[index * count:(index + 1) * count]), view)
+        return total / len(views)
+
     def probability(self, image: np.ndarray, timings: Optional[Dict[str, float]] = None
                     ) -> np.ndarray:
         """Return the HxW float32 satellite probability of ``image`` (any supported frame)."""
@@ -133,9 +159,9 @@ class Segmenter:
         start = time.perf_counter()
         tiles = self.model_tiles(image)
         tiled = time.perf_counter()
-        logits = self.tile_logits(tiles)
+        probabilities = self.tile_probabilities(tiles)
         inferred = time.perf_counter()
-        stitched = self.grid.stitch(sigmoid(logits))
+        stitched = self.grid.stitch(probabilities)
         height, width = image.shape[:2]
         probability = resize(stitched, height, width, interpolation=cv2.INTER_LINEAR)
         timings['preprocess'] = tiled - start

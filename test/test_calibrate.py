@@ -163,7 +163,7 @@ def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses
     entry = info['by_model_size']['512']
     assert entry['threshold'] == result['best_threshold'] and entry['seed_threshold'] is None
     assert entry['min_area_px'] == result['min_area_px']
-    assert entry['calibration']['model_size'] == 512
+    assert entry['calibration']['model_size'] == 512 and entry['flips'] == 1
 
     at_512 = Segmenter.from_model(model, model_size=512)
     at_256 = Segmenter.from_model(model)

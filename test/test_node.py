@@ -391,7 +391,10 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
-        'max_detections': None}
+        'max_detections': None, 'flips': None}
+    with pytest.raises(ValueError, match='flips=3'):
+        node_config.check_value('flips', 3)
+    assert node_config.segmenter_arguments(dict(node_config.defaults(), flips=4))['flips'] == 4
 
 
 def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from sat_seg_ros.backends import Backend
 from sat_seg_ros.config import SegmenterConfig
 from sat_seg_ros.postprocess import find_detections
-from sat_seg_ros.segmenter import Segmenter
+from sat_seg_ros.segmenter import Segmenter, sigmoid
 
 
 class BrightnessBackend(Backend):
@@ -93,7 +93,8 @@ def test_min_area_and_threshold_change_at_run_time():
 @pytest.mark.parametrize('kwargs, field', [
     ({'tile_size': 0}, 'tile_size'), ({'model_size': 100}, 'model_size'),
     ({'threshold': 1.5}, 'threshold'), ({'prompt_mode': 'points'}, 'prompt_mode'),
-    ({'tile_overlap': 200}, 'tile_overlap'), ({'batch_size': 0}, 'batch_size')])
+    ({'tile_overlap': 200}, 'tile_overlap'), ({'batch_size': 0}, 'batch_size'),
+    ({'flips': 3}, 'flips'), ({'flips': True}, 'flips')])
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SegmenterConfig(**kwargs)
@@ -195,6 +196,44 @@ def test_real_model_batch_size_does_not_change_the_result(tiny_model_dir):
     one = Segmenter.from_model(tiny_model_dir, batch_size=1).segment(frame).probability
     many = Segmenter.from_model(tiny_model_dir, batch_size=16).segment(frame).probability
     np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+@pytest.mark.parametrize('flips', [2, 4])
+def test_flips_average_the_mirrored_frames(tiny_model_dir, flips):
+    """Tile views mirrored back and averaged equal the mean map of the mirrored frames.
+
+    A real (not mirror-symmetric) SAM on a 2x2 grid.
+    """
+    frame = np.random.default_rng(2).integers(0, 256, (512, 512), dtype=np.uint8)
+    plain = Segmenter.from_model(tiny_model_dir, batch_size=3)
+    averaged = Segmenter.from_model(tiny_model_dir, flips=flips, batch_size=3)
+    try:
+        views = [plain.probability(frame),
+                 plain.probability(frame[:, ::-1].copy())[:, ::-1]]
+        if flips == 4:
+            views += [plain.probability(frame[::-1].copy())[::-1],
+                      plain.probability(frame[::-1, ::-1].copy())[::-1, ::-1]]
+        expected = np.mean(views, axis=0)
+        got = averaged.probability(frame)
+        assert np.abs(views[0] - views[1]).max() > 1e-3  # the views do differ
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        tiles = plain.model_tiles(frame)
+        np.testing.assert_array_equal(plain.tile_probabilities(tiles),  # flips 1: as before
+                                      sigmoid(plain.tile_logits(tiles)))
+    finally:
+        plain.close()
+        averaged.close()
+
+
+def test_flips_come_from_the_model_and_overrides_win(tmp_path):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={'flips': 4})
+    assert Segmenter.from_model(path).config.flips == 4
+    assert Segmenter.from_model(path, flips=1).config.flips == 1
+    backend = BrightnessBackend()
+    Segmenter(backend, SegmenterConfig(flips=4)).segment(scene())
+    assert backend.batches == [16]  # four tiles, four views, one batch
 
 
 def test_model_info_is_used_and_overrides_win(tmp_path):

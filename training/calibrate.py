@@ -173,7 +173,8 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                                  'mean_iou': c['best']['mean_iou']} for c in candidates]
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
                    'images': len(records), 'previous_threshold': segmenter.config.threshold,
-                   'max_detections': segmenter.config.max_detections})
+                   'max_detections': segmenter.config.max_detections,
+                   'flips': segmenter.config.flips})
     segmenter.close()
     if plot is not None:
         result['plot'] = str(plot_sweep(result, Path(plot)))
@@ -185,10 +186,11 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
             'seed_threshold': result['best_seed_threshold'],
             'max_detections': result['max_detections'],
             'min_area_px': result['min_area_px'],
+            'flips': result['flips'],  # the maps were averaged over these views
             'calibration': {
                 'dataset': str(dataset_dir), 'images': len(records),
                 'model_size': result['model_size'], 'max_detections': result['max_detections'],
-                'min_area_px': result['min_area_px'],
+                'min_area_px': result['min_area_px'], 'flips': result['flips'],
                 'seed_threshold': result['best_seed_threshold'],
                 'accuracy': result['best']['accuracy'],
                 'mean_iou': result['best']['mean_iou'],

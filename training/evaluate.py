@@ -93,6 +93,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'min_area_px': segmenter.config.min_area_px,
                         'prompt_mode': segmenter.config.prompt_mode,
                         'max_detections': segmenter.config.max_detections,
+                        'flips': segmenter.config.flips,
                         'backend': backend, 'device': device})
         rows.append(summary)
         outcomes[int(size)] = results
@@ -160,14 +161,15 @@ def format_table(report: Dict[str, Any]) -> str:
     """Return Table 1 as aligned text."""
     lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
              'machine: %s' % report['machine'],
-             '%6s %9s %9s %10s %8s %10s %10s %6s' % ('size', 'accuracy', 'mean IoU', 'precision',
-                                                     'recall', 's/image', 'threshold', 'seed')]
+             '%6s %9s %9s %10s %8s %10s %10s %6s %6s' % (
+                 'size', 'accuracy', 'mean IoU', 'precision', 'recall', 's/image', 'threshold',
+                 'seed', 'flips')]
     for row in report['rows']:
         seed = row.get('seed_threshold')
-        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s' % (
+        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s %6d' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
             row['recall'], row['seconds_per_image'], row['threshold'],
-            seed_label(seed)))
+            seed_label(seed), row.get('flips', 1)))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

@@ -14,7 +14,7 @@ from typing import Any, Dict, Sequence
 
 #: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
-                    'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode')
+                    'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips')
 
 
 class DeprecatedAlias(argparse.Action):
@@ -73,6 +73,9 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--prompt', default=None, dest='prompt_mode',
                         choices=('grid', 'box', 'none'),
                         help="prompt mode (default: the model's)")
+    parser.add_argument('--flips', type=int, default=None, choices=(1, 2, 4),
+                        help='views per tile averaged (2: + mirrored left-right, 4: + upside '
+                             "down and both; 2x / 4x the model time; default: the model's)")
 
 
 def segmenter_options(args: argparse.Namespace) -> Dict[str, Any]:
