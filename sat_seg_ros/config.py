@@ -152,7 +152,7 @@ def info_for_size(info: Dict[str, Any], model_size: int) -> Dict[str, Any]:
 
     Post-processing calibrated at one model size does not carry to another (probability maps
     of the same scene differ), so ``by_model_size[str(model_size)]`` overrides the top-level
-    threshold, seed threshold, smallest component and kept detections when present.
+    threshold, seed threshold, smallest component, kept detections and flips when present.
     """
     entry = info.get('by_model_size', {}).get(str(model_size))
     if not entry:
