@@ -145,11 +145,17 @@ def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.train import export_checkpoint
 
-    config = micro_config(tmp_path, steps=2, max_detections=1)
+    config = micro_config(tmp_path, steps=2, max_detections=1, val_every=1)
     train(config, progress=False)
     model_dir = export_checkpoint(Path(config.out_dir) / 'last.pt', tmp_path / 'model')
     info = json.loads((model_dir / 'sat_seg.json').read_text())
     assert info['provenance']['step'] == 2 and info['tile_size'] == 64
+    # the exported step's validation, not the run's best (which may be another step)
+    history = read_checkpoint(Path(config.out_dir) / 'last.pt')['history']
+    last_val = [h for h in history if 'val_accuracy' in h][-1]
+    assert info['provenance']['validation']['step'] == 2 == last_val['step']
+    assert info['provenance']['validation']['accuracy'] == last_val['val_accuracy']
+    assert 'step' in info['provenance']['run_best']
     assert info['max_detections'] == 1
     segmenter = Segmenter.from_model(model_dir)
     assert segmenter.config.max_detections == 1
