@@ -145,12 +145,13 @@ class Segmenter:
         mirrored back before averaging.
         """
         views = FLIP_VIEWS[self.config.flips]
-        logits = self.tile_logits(np.concatenate([_mirror(tiles, view) for view in views]))
+        batch = tiles if len(views) == 1 else np.concatenate([_mirror(tiles, v) for v in views])
+        probabilities = sigmoid(self.tile_logits(batch))
+        if len(views) == 1:
+            return probabilities
         count = len(tiles)
-        total = np.zeros((count,) + logits.shape[1:], np.float32)
-        for index, view in enumerate(views):
-            total += _mirror(sigmoid(logits[index * count:(index + 1) * count]), view)
-        return total / len(views)
+        return np.mean([_mirror(probabilities[index * count:(index + 1) * count], view)
+                        for index, view in enumerate(views)], axis=0, dtype=np.float32)
 
     def probability(self, image: np.ndarray, timings: Optional[Dict[str, float]] = None
                     ) -> np.ndarray:

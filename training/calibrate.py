@@ -197,15 +197,13 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                 'thresholds': [thresholds[0], thresholds[-1], len(thresholds)],
                 'seed_thresholds': list(seed_thresholds)}}
         own_size = info.get('model_size', MODEL_INFO_DEFAULTS['model_size'])
-        sizes = dict(info.get('by_model_size') or {})
         if result['model_size'] == own_size:
             info.update(chosen)
+            result['written'] = 'top level'
         else:  # another size's frames keep their own post-processing (config.info_for_size)
-            sizes[str(result['model_size'])] = chosen
-        if sizes:
-            info['by_model_size'] = sizes
-        result['written'] = ('top level' if result['model_size'] == own_size
-                             else 'by_model_size[%s]' % result['model_size'])
+            info['by_model_size'] = dict(info.get('by_model_size') or {},
+                                         **{str(result['model_size']): chosen})
+            result['written'] = 'by_model_size[%s]' % result['model_size']
         write_model_info(model_dir, info)
         load_model_info(model_dir)  # fails loudly if what we wrote does not parse
     return result
