@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'models' / 'default'
 DEFAULT_THRESHOLD = 0.65
@@ -26,6 +26,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'min_area_px': 16,
     'max_detections': 0,
     'flips': 1,
+    'fuse_sizes': (),
 }
 
 #: Test-time flips: each tile also runs mirrored, and the probabilities are averaged.
@@ -34,7 +35,7 @@ FLIPS = (1, 2, 4)
 #: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
 #: (``calibration`` is its record, like the top-level one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
-             'calibration')
+             'fuse_sizes', 'calibration')
 
 
 @dataclasses.dataclass
@@ -47,6 +48,9 @@ class SegmenterConfig:
     ``seed_threshold`` (hysteresis; the default None, or any value at or below ``threshold``,
     keeps every component). ``flips`` 2 also runs every tile mirrored left-right, 4 also
     upside down and both, and averages the probabilities (2x / 4x the model time).
+    ``fuse_sizes`` (multi-scale averaging): the frame also runs at each of these model sizes,
+    and the probability maps, at the frame's resolution, are averaged with ``model_size``'s
+    (each size adds its tiles' model time: 512 with 1024 runs 4 + 16 tiles).
     """
 
     model_size: int = 512
@@ -60,6 +64,7 @@ class SegmenterConfig:
     prompt_mode: Optional[str] = None
     grid_points: Optional[int] = None
     flips: int = 1
+    fuse_sizes: Tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +92,7 @@ class SegmenterConfig:
         if isinstance(self.flips, bool) or self.flips not in FLIPS:
             raise ValueError('flips=%r is not one of %s (views averaged per tile)'
                              % (self.flips, FLIPS))
+        self.fuse_sizes = check_fuse_sizes(self.fuse_sizes, self.model_size, self.tile_size)
 
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
@@ -103,6 +109,21 @@ def check_threshold(value: float, name: str = 'threshold') -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError('%s=%r must be a number strictly between 0 and 1' % (name, value))
     return float(value)
+
+
+def check_fuse_sizes(value: Any, model_size: int, tile_size: int) -> Tuple[int, ...]:
+    """Return ``value`` (a list of further model sizes) as a tuple, or raise naming the fix."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ValueError('fuse_sizes=%r must be a list of model sizes, e.g. [1024] (empty: '
+                         'none)' % (value,))
+    for size in value:
+        if isinstance(size, bool) or not isinstance(size, int) or size < tile_size:
+            raise ValueError('fuse_sizes=%r: %r is not a model size (an integer >= tile_size '
+                             '%d)' % (list(value), size, tile_size))
+    if model_size in value or len(set(value)) != len(value):
+        raise ValueError('fuse_sizes=%r must name each further size once and not model_size %d'
+                         % (list(value), model_size))
+    return tuple(value)
 
 
 def _check_int(config: SegmenterConfig, name: str, minimum: int) -> None:
@@ -130,35 +151,62 @@ def load_model_info(model_dir: os.PathLike | str) -> Dict[str, Any]:
     return info
 
 
+def size_key(model_size: int, fuse_sizes=()) -> str:
+    """Return the ``by_model_size`` key of a mode: '1024', or '512+1024' with fused sizes."""
+    return '+'.join(str(size) for size in (model_size,) + tuple(fuse_sizes))
+
+
+def _parse_size_key(key: Any) -> Optional[Tuple[int, ...]]:
+    parts = str(key).split('+')
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
 def _check_by_model_size(info: Dict[str, Any], path: Path) -> None:
     sizes = info.get('by_model_size', {})
     if not isinstance(sizes, dict):
         raise ValueError('%s: by_model_size must map model sizes to settings, e.g. '
                          '{"1024": {"threshold": 0.4}}, not %r' % (path, sizes))
-    for size, entry in sizes.items():
-        if not str(size).isdigit() or int(size) < 1:
+    for key, entry in sizes.items():
+        mode = _parse_size_key(key)
+        if mode is None:
             raise ValueError('%s: by_model_size key %r is not a model size (a positive '
-                             'integer, e.g. "1024")' % (path, size))
-        if int(size) == info['model_size']:
+                             'integer, e.g. "1024", or fused sizes, e.g. "512+1024")'
+                             % (path, key))
+        if mode == (info['model_size'],):
             raise ValueError("%s: by_model_size has an entry for the model's own model_size %s; "
-                             'its values belong at the top level' % (path, size))
+                             'its values belong at the top level' % (path, key))
         if not isinstance(entry, dict) or set(entry) - set(SIZE_KEYS):
             raise ValueError('%s: by_model_size[%r] must be an object with keys among %s, not %r'
-                             % (path, size, list(SIZE_KEYS), entry))
+                             % (path, key, list(SIZE_KEYS), entry))
+        if len(mode) > 1 and tuple(entry.get('fuse_sizes', mode[1:])) != mode[1:]:
+            raise ValueError('%s: by_model_size[%r] has fuse_sizes %r; its key fuses %s'
+                             % (path, key, entry['fuse_sizes'], list(mode[1:])))
 
 
-def info_for_size(info: Dict[str, Any], model_size: int) -> Dict[str, Any]:
+def info_for_size(info: Dict[str, Any], model_size: int,
+                  fuse_sizes: Optional[Tuple[int, ...]] = None) -> Dict[str, Any]:
     """Return ``info`` (a ``sat_seg.json``) as it applies to frames run at ``model_size``.
 
     Post-processing calibrated at one model size does not carry to another (probability maps
     of the same scene differ), so ``by_model_size[str(model_size)]`` overrides the top-level
-    threshold, seed threshold, smallest component, kept detections and flips when present.
+    threshold, seed threshold, smallest component, kept detections, flips and fuse_sizes when
+    present. The top-level ``fuse_sizes`` are fused with the model's own size only.
+    ``fuse_sizes`` (None: the model's, as just resolved) chooses the fusion; a fused mode's
+    own entry (``by_model_size["512+1024"]``, what ``calibrate --fuse-sizes 1024`` writes)
+    then overrides in turn.
     """
-    entry = info.get('by_model_size', {}).get(str(model_size))
-    if not entry:
-        return dict(info)
+    entries = info.get('by_model_size', {})
     merged = dict(info)
-    merged.update(entry)
+    if model_size != info['model_size']:
+        merged['fuse_sizes'] = ()  # sizes fused with the model's own; an entry may set its own
+    merged.update(entries.get(str(model_size)) or {})
+    if fuse_sizes is not None:
+        merged['fuse_sizes'] = tuple(fuse_sizes)
+    fused = tuple(merged.get('fuse_sizes') or ())
+    if fused:
+        merged.update(entries.get(size_key(model_size, fused)) or {})
     return merged
 
 

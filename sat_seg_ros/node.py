@@ -197,6 +197,7 @@ class SatSegNode(Node):
                                else '%.4g' % config.seed_threshold),
             'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
             'flips': config.flips,
+            'fuse_sizes': ','.join(str(size) for size in config.fuse_sizes) or 'none',
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -69,6 +69,19 @@ def _flips(value: int) -> None:
         raise ValueError("must be 0 (the model's) or one of %s" % (FLIPS,))
 
 
+def fuse_size_list(value: str) -> Optional[Tuple[int, ...]]:
+    """Parse the ``fuse_sizes`` parameter: '' (the model's: None), 'none' or '1024[,2048]'."""
+    text = value.strip().lower()
+    if text == '':
+        return None
+    if text == 'none':
+        return ()
+    if not re.fullmatch(r'[0-9]+(,[0-9]+)*', text.replace(' ', '')):
+        raise ValueError("must be '' (the model's), 'none' or comma-separated model sizes, "
+                         "e.g. '1024'")
+    return tuple(int(part) for part in text.replace(' ', '').split(','))
+
+
 def _alpha(value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError('must be within [0, 1]')
@@ -98,6 +111,12 @@ PARAMETERS: List[ParamSpec] = [
               "and both), at 1x / 2x / 4x the model time; 0: the model's sat_seg.json value "
               '(1 when absent). The calibrated thresholds hold for that value.',
               int_range=(0, 4), check=_flips),
+    ParamSpec('fuse_sizes', '',
+              "Multi-scale averaging: further model sizes, e.g. '1024', whose probability maps "
+              "are averaged with model_size's (each adds its tiles' model time); 'none': none; "
+              "empty: the model's sat_seg.json value (none when absent). A fusion with its "
+              "own by_model_size entry (e.g. '512+1024') takes its calibrated thresholds from "
+              'it.', check=fuse_size_list),
     ParamSpec('threshold', 0.0,
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',
@@ -199,6 +218,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'min_area_px': unless(values['min_area_px'], -1),
         'max_detections': unless(values['max_detections'], -1),
         'flips': unless(values['flips'], 0),
+        'fuse_sizes': fuse_size_list(values['fuse_sizes']),
     }
 
 

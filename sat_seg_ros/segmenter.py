@@ -66,6 +66,8 @@ class Segmenter:
         self.config = config.resolved(self.model_info)
         size = self.config.model_size
         self.grid = TileGrid(size, size, self.config.tile_size, self.config.tile_overlap)
+        self.fuse_grids = [TileGrid(other, other, self.config.tile_size, self.config.tile_overlap)
+                           for other in self.config.fuse_sizes]
 
     @classmethod
     def from_model(cls, model_dir: Optional[os.PathLike | str] = None, backend: str = 'torch',
@@ -74,12 +76,13 @@ class Segmenter:
         """Load ``model_dir`` (None: the bundled default) with ``backend``.
 
         ``overrides`` are SegmenterConfig fields; fields not given come from the model's
-        ``sat_seg.json`` (its ``by_model_size`` entry for the model size in use, where there is
-        one), then from the package defaults.
+        ``sat_seg.json`` (its ``by_model_size`` entry for the model size and fusion in use,
+        where there is one: config.info_for_size), then from the package defaults.
         """
         model_dir = resolve_model_dir(model_dir)
         info = load_model_info(model_dir)
-        info = info_for_size(info, overrides.get('model_size') or info['model_size'])
+        info = info_for_size(info, overrides.get('model_size') or info['model_size'],
+                             overrides.get('fuse_sizes'))
         if info.get('warning'):  # e.g. a model whose provenance says it is not fit for use
             LOG.warning('model %s: %s', model_dir, info['warning'])
         fields = {field.name for field in dataclasses.fields(SegmenterConfig)}
@@ -116,21 +119,21 @@ class Segmenter:
             raise ValueError('max_detections=%r must be an integer >= 0 (0 = all)' % (value,))
         self.config.max_detections = value
 
-    def model_tiles(self, image: np.ndarray) -> np.ndarray:
-        """Return the frame's tiles at the model size, float32 0..255.
+    def model_tiles(self, image: np.ndarray, grid: Optional[TileGrid] = None) -> np.ndarray:
+        """Return the frame's tiles at the model size (or ``grid``'s), float32 0..255.
 
         (N, t, t, 3) for colour frames, (N, t, t, 1) for gray ones: the backends replicate gray
         to SAM's three channels during normalisation, a third of the resizing and cutting work.
         """
         check_frame(image)
-        size = self.config.model_size
+        grid = self.grid if grid is None else grid
         pixels = to_float_pixels(image)
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             pixels = pixels[:, :, :3]
-        resized = resize(pixels, size, size)
+        resized = resize(pixels, grid.height, grid.width)
         if resized.ndim == 2:
             resized = resized[:, :, None]
-        return self.grid.cut(resized)
+        return grid.cut(resized)
 
     def tile_logits(self, tiles: np.ndarray) -> np.ndarray:
         """Run every tile through the backend in batches of ``batch_size``: (N, t, t) logits."""
@@ -155,19 +158,32 @@ class Segmenter:
 
     def probability(self, image: np.ndarray, timings: Optional[Dict[str, float]] = None
                     ) -> np.ndarray:
-        """Return the HxW float32 satellite probability of ``image`` (any supported frame)."""
+        """Return the HxW float32 satellite probability of ``image`` (any supported frame).
+
+        With ``fuse_sizes`` the frame also runs at each further model size, and the maps, each
+        resized back to the frame, are averaged; ``timings`` sums the stages over the sizes.
+        """
         timings = {} if timings is None else timings
-        start = time.perf_counter()
-        tiles = self.model_tiles(image)
-        tiled = time.perf_counter()
-        probabilities = self.tile_probabilities(tiles)
-        inferred = time.perf_counter()
-        stitched = self.grid.stitch(probabilities)
+        for stage in ('preprocess', 'model', 'stitch'):
+            timings[stage] = 0.0
         height, width = image.shape[:2]
-        probability = resize(stitched, height, width, interpolation=cv2.INTER_LINEAR)
-        timings['preprocess'] = tiled - start
-        timings['model'] = inferred - tiled
-        timings['stitch'] = time.perf_counter() - inferred
+        maps = []
+        for grid in [self.grid] + self.fuse_grids:
+            start = time.perf_counter()
+            tiles = self.model_tiles(image, grid)
+            tiled = time.perf_counter()
+            probabilities = self.tile_probabilities(tiles)
+            inferred = time.perf_counter()
+            maps.append(resize(grid.stitch(probabilities), height, width,
+                               interpolation=cv2.INTER_LINEAR))
+            timings['preprocess'] += tiled - start
+            timings['model'] += inferred - tiled
+            timings['stitch'] += time.perf_counter() - inferred
+        if len(maps) == 1:
+            return maps[0]
+        start = time.perf_counter()
+        probability = np.mean(maps, axis=0, dtype=np.float32)
+        timings['stitch'] += time.perf_counter() - start
         return probability
 
     def segment(self, image: np.ndarray) -> Result:

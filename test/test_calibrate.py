@@ -135,6 +135,26 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     assert info['seed_threshold'] == swept['best_seed_threshold']
     assert info['calibration']['seed_thresholds'] == [None, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995,
                                                       0.998, 0.999]
+    assert info['fuse_sizes'] == [] == info['calibration']['fuse_sizes']
+    # Calibrated on maps fused with 512: a mode of its own, written with the thresholds it was
+    # measured with; the Segmenter uses them when it runs fused, the top level otherwise.
+    top = dict(info)
+    fused = calibrate(model, tmp_path / 'val', model_size=256, thresholds=[0.3, 0.5, 0.7],
+                      seed_thresholds=[0.99], fuse_sizes=(512,))
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert fused['written'] == 'by_model_size[256+512]'
+    entry = info.pop('by_model_size')['256+512']
+    assert info == top  # the unfused mode's values are kept
+    assert entry['fuse_sizes'] == [512] == fused['fuse_sizes']
+    assert entry['calibration']['fuse_sizes'] == [512]
+    assert (entry['threshold'], entry['seed_threshold']) == (fused['best_threshold'], 0.99)
+    from sat_seg_ros.segmenter import Segmenter
+    plain, both = Segmenter.from_model(model), Segmenter.from_model(model, fuse_sizes=(512,))
+    assert plain.config.fuse_sizes == () and plain.config.seed_threshold == top['seed_threshold']
+    assert both.config.fuse_sizes == (512,) and len(both.fuse_grids) == 1
+    assert (both.config.threshold, both.config.seed_threshold) == (entry['threshold'], 0.99)
+    plain.close()
+    both.close()
 
 
 def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses_it(
@@ -188,6 +208,8 @@ def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses
     ({'512': {'threshold': 0.5}}, "model's own model_size 512"),
     ({'1024': {'tile_size': 128}}, 'keys among'),
     ({'1024': 0.5}, 'keys among'),
+    ({'512+x': {'threshold': 0.5}}, 'or fused sizes'),
+    ({'512+1024': {'fuse_sizes': [2048]}}, 'its key fuses'),
 ])
 def test_a_bad_by_model_size_entry_is_named(tmp_path, sizes, message):
     from sat_seg_ros.config import load_model_info

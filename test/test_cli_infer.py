@@ -122,7 +122,7 @@ def test_segmenter_options_are_the_same_everywhere():
         return {option for action in parser._actions for option in action.option_strings}
 
     shared = {'--backend', '--device', '--min-area', '--max-detections', '--tile-overlap',
-              '--batch-size', '--prompt'}
+              '--batch-size', '--prompt', '--flips', '--fuse-sizes'}
     bag_parser = argparse.ArgumentParser()
     bag.add_arguments(bag_parser)  # declares make / run / play
     bag_run = next(a for a in bag_parser._actions if isinstance(
@@ -147,3 +147,19 @@ def test_model_size_alias_still_works_and_says_it_is_deprecated(capsys):
     assert capsys.readouterr().err == ''
     assert parser.parse_args(['--model-size', '2048']).model_size == 2048
     assert '--model-size is deprecated' in capsys.readouterr().err
+
+
+def test_fuse_sizes_option_parses_lists_and_none(capsys):
+    import argparse
+
+    from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+
+    parser = argparse.ArgumentParser(prog='sat-seg infer')
+    add_segmenter_arguments(parser)
+    assert segmenter_options(parser.parse_args([]))['fuse_sizes'] is None  # the model's
+    assert parser.parse_args(['--fuse-sizes', '1024']).fuse_sizes == (1024,)
+    assert parser.parse_args(['--fuse-sizes', '1024,2048']).fuse_sizes == (1024, 2048)
+    assert parser.parse_args(['--fuse-sizes', 'none']).fuse_sizes == ()
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--fuse-sizes', 'big'])
+    assert "'big' is not a comma-separated list of model sizes" in capsys.readouterr().err

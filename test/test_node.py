@@ -349,9 +349,9 @@ def test_diagnostics_report_the_node(client, node_process):
     assert client.spin_until(lambda: 'latency_p95_ms' in client.diagnostics, 5.0)
     values = client.diagnostics
     for key in ('received', 'processed', 'dropped', 'rejected', 'input_rate_hz',
-                'output_rate_hz', 'latency_p50_ms', 'backend', 'model'):
+                'output_rate_hz', 'latency_p50_ms', 'backend', 'model', 'flips', 'fuse_sizes'):
         assert key in values, key
-    assert values['backend'] == 'torch'
+    assert values['backend'] == 'torch' and values['fuse_sizes'] == 'none'
     assert int(values['processed']) >= 10
 
 
@@ -391,10 +391,16 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
-        'max_detections': None, 'flips': None}
+        'max_detections': None, 'flips': None, 'fuse_sizes': None}
     with pytest.raises(ValueError, match='flips=3'):
         node_config.check_value('flips', 3)
     assert node_config.segmenter_arguments(dict(node_config.defaults(), flips=4))['flips'] == 4
+    with pytest.raises(ValueError, match="fuse_sizes='1024x'.*comma-separated"):
+        node_config.check_value('fuse_sizes', '1024x')
+    for text, sizes in (('none', ()), ('1024', (1024,)), (' 1024, 2048', (1024, 2048))):
+        node_config.check_value('fuse_sizes', text)
+        assert node_config.segmenter_arguments(
+            dict(node_config.defaults(), fuse_sizes=text))['fuse_sizes'] == sizes
 
 
 def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):

@@ -94,7 +94,9 @@ def test_min_area_and_threshold_change_at_run_time():
     ({'tile_size': 0}, 'tile_size'), ({'model_size': 100}, 'model_size'),
     ({'threshold': 1.5}, 'threshold'), ({'prompt_mode': 'points'}, 'prompt_mode'),
     ({'tile_overlap': 200}, 'tile_overlap'), ({'batch_size': 0}, 'batch_size'),
-    ({'flips': 3}, 'flips'), ({'flips': True}, 'flips')])
+    ({'flips': 3}, 'flips'), ({'flips': True}, 'flips'), ({'fuse_sizes': 1024}, 'fuse_sizes'),
+    ({'fuse_sizes': [512]}, 'fuse_sizes'), ({'fuse_sizes': [1024, 1024]}, 'fuse_sizes'),
+    ({'fuse_sizes': [100]}, 'tile_size'), ({'fuse_sizes': ['1024']}, 'fuse_sizes')])
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SegmenterConfig(**kwargs)
@@ -234,6 +236,39 @@ def test_flips_come_from_the_model_and_overrides_win(tmp_path):
     backend = BrightnessBackend()
     Segmenter(backend, SegmenterConfig(flips=4)).segment(scene())
     assert backend.batches == [16]  # four tiles, four views, one batch
+
+
+def test_fuse_sizes_average_the_maps_of_each_model_size(tiny_model_dir):
+    """512 fused with 1024 is the mean of the two sizes' maps at the frame's resolution."""
+    frame = np.random.default_rng(3).integers(0, 256, (300, 410), dtype=np.uint8)
+    at_512 = Segmenter.from_model(tiny_model_dir, model_size=512)
+    at_1024 = Segmenter.from_model(tiny_model_dir, model_size=1024)
+    fused = Segmenter.from_model(tiny_model_dir, model_size=512, fuse_sizes=(1024,))
+    try:
+        maps = [at_512.probability(frame), at_1024.probability(frame)]
+        assert np.abs(maps[0] - maps[1]).max() > 1e-3  # the sizes do differ
+        timings = {}
+        got = fused.probability(frame, timings)
+        assert got.shape == frame.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, np.mean(maps, axis=0), atol=1e-6)
+        assert timings['model'] > 0 and set(timings) == {'preprocess', 'model', 'stitch'}
+        np.testing.assert_array_equal(fused.segment(frame).probability, got)  # masks use it
+    finally:
+        for segmenter in (at_512, at_1024, fused):
+            segmenter.close()
+
+
+def test_fuse_sizes_come_from_the_model_for_its_own_size(tmp_path):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={'fuse_sizes': [1024], 'model_size': 512})
+    backend = BrightnessBackend()
+    assert Segmenter.from_model(path).config.fuse_sizes == (1024,)
+    assert Segmenter.from_model(path, fuse_sizes=()).config.fuse_sizes == ()
+    # Fusion belongs to the model's own size: at 1024 it is off unless by_model_size sets it.
+    assert Segmenter.from_model(path, model_size=1024).config.fuse_sizes == ()
+    Segmenter(backend, SegmenterConfig(fuse_sizes=(1024,))).segment(scene())
+    assert backend.batches == [4, 16]  # 512's four tiles, then 1024's sixteen
 
 
 def test_model_info_is_used_and_overrides_win(tmp_path):

@@ -138,11 +138,12 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     the chosen one is written as ``seed_threshold`` (null when none wins).
     ``overrides`` are further Segmenter settings (tile_overlap, batch_size, prompt_mode; None:
     the model's). The chosen values go to the top level of sat_seg.json when ``model_size`` is
-    the model's own, else to its ``by_model_size`` entry for that size, which the Segmenter
-    applies at that size only (``result['written']`` says which).
+    the model's own (and ``fuse_sizes`` none or the model's), else to its ``by_model_size``
+    entry for that mode ("1024", or "512+1024" when fused), which the Segmenter applies in
+    that mode only (``result['written']`` says which).
     """
     from sat_seg_ros.config import (load_model_info, MODEL_INFO_DEFAULTS, MODEL_INFO_FILE,
-                                    write_model_info)
+                                    size_key, write_model_info)
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.dataset import load_dataset
 
@@ -174,7 +175,8 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
                    'images': len(records), 'previous_threshold': segmenter.config.threshold,
                    'max_detections': segmenter.config.max_detections,
-                   'flips': segmenter.config.flips})
+                   'flips': segmenter.config.flips,
+                   'fuse_sizes': list(segmenter.config.fuse_sizes)})
     segmenter.close()
     if plot is not None:
         result['plot'] = str(plot_sweep(result, Path(plot)))
@@ -187,23 +189,26 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
             'max_detections': result['max_detections'],
             'min_area_px': result['min_area_px'],
             'flips': result['flips'],  # the maps were averaged over these views
+            'fuse_sizes': result['fuse_sizes'],  # ... and over these model sizes
             'calibration': {
                 'dataset': str(dataset_dir), 'images': len(records),
                 'model_size': result['model_size'], 'max_detections': result['max_detections'],
                 'min_area_px': result['min_area_px'], 'flips': result['flips'],
+                'fuse_sizes': result['fuse_sizes'],
                 'seed_threshold': result['best_seed_threshold'],
                 'accuracy': result['best']['accuracy'],
                 'mean_iou': result['best']['mean_iou'],
                 'thresholds': [thresholds[0], thresholds[-1], len(thresholds)],
                 'seed_thresholds': list(seed_thresholds)}}
         own_size = info.get('model_size', MODEL_INFO_DEFAULTS['model_size'])
-        if result['model_size'] == own_size:
+        own_fusion = list(info.get('fuse_sizes') or ())
+        if result['model_size'] == own_size and result['fuse_sizes'] in ([], own_fusion):
             info.update(chosen)
             result['written'] = 'top level'
-        else:  # another size's frames keep their own post-processing (config.info_for_size)
-            info['by_model_size'] = dict(info.get('by_model_size') or {},
-                                         **{str(result['model_size']): chosen})
-            result['written'] = 'by_model_size[%s]' % result['model_size']
+        else:  # another mode's frames keep their own post-processing (config.info_for_size)
+            key = size_key(result['model_size'], result['fuse_sizes'])
+            info['by_model_size'] = dict(info.get('by_model_size') or {}, **{key: chosen})
+            result['written'] = 'by_model_size[%s]' % key
         write_model_info(model_dir, info)
         load_model_info(model_dir)  # fails loudly if what we wrote does not parse
     return result

@@ -94,6 +94,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'prompt_mode': segmenter.config.prompt_mode,
                         'max_detections': segmenter.config.max_detections,
                         'flips': segmenter.config.flips,
+                        'fuse_sizes': list(segmenter.config.fuse_sizes),
                         'backend': backend, 'device': device})
         rows.append(summary)
         outcomes[int(size)] = results
@@ -161,15 +162,16 @@ def format_table(report: Dict[str, Any]) -> str:
     """Return Table 1 as aligned text."""
     lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
              'machine: %s' % report['machine'],
-             '%6s %9s %9s %10s %8s %10s %10s %6s %6s' % (
+             '%6s %9s %9s %10s %8s %10s %10s %6s %6s  %s' % (
                  'size', 'accuracy', 'mean IoU', 'precision', 'recall', 's/image', 'threshold',
-                 'seed', 'flips')]
+                 'seed', 'flips', 'fused')]
     for row in report['rows']:
         seed = row.get('seed_threshold')
-        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s %6d' % (
+        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s %6d  %s' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
             row['recall'], row['seconds_per_image'], row['threshold'],
-            seed_label(seed), row.get('flips', 1)))
+            seed_label(seed), row.get('flips', 1),
+            ','.join(str(size) for size in row.get('fuse_sizes', ())) or '-'))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

@@ -33,7 +33,7 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     # ~0.31 M parameters, ~1.3 MB fp32: patch 8 (32x32 tokens, a 128x128 low-res mask) with a
     # narrow encoder and decoder (48 channels); 0.73 s per 16-tile training step on one thread.
     # Pixel AUC 0.72 on validation tiles after 800 steps (12 min) on 512 tiles; a 110-minute run
-    # still did not detect satellites (docs/training.md, third session).
+    # still did not detect satellites (docs/training.md, 2026-11-28 runs).
     'sat-p8s': {'image_size': 256, 'patch_size': 8, 'vision_hidden': 48, 'vision_layers': 4,
                 'vision_heads': 4, 'window_size': 8, 'global_attn_indexes': (),
                 'decoder_hidden': 48, 'decoder_mlp': 192, 'decoder_heads': 4},

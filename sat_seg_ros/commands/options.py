@@ -14,7 +14,19 @@ from typing import Any, Dict, Sequence
 
 #: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
-                    'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips')
+                    'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips',
+                    'fuse_sizes')
+
+
+def size_list(text: str) -> tuple:
+    """Parse ``--fuse-sizes``: comma-separated model sizes, or 'none' / '' for none."""
+    if text.strip().lower() in ('', 'none'):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not a comma-separated list of model sizes '
+                                         "(e.g. 1024) or 'none'" % text) from None
 
 
 class DeprecatedAlias(argparse.Action):
@@ -76,6 +88,11 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--flips', type=int, default=None, choices=(1, 2, 4),
                         help='views per tile averaged (2: + mirrored left-right, 4: + upside '
                              "down and both; 2x / 4x the model time; default: the model's)")
+    if wanted('fuse_sizes'):
+        parser.add_argument('--fuse-sizes', type=size_list, default=None, dest='fuse_sizes',
+                            help='further model sizes whose probability maps are averaged with '
+                                 "--size's (e.g. 1024; 'none': none; each adds its tiles' model "
+                                 "time; default: the model's)")
 
 
 def segmenter_options(args: argparse.Namespace) -> Dict[str, Any]:

@@ -84,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
             print('min_area_px %5d: best threshold %.3f, accuracy %.3f, mean IoU %.3f'
                   % (row['min_area_px'], row['threshold'], row['accuracy'], row['mean_iou']))
     print('chosen threshold %.3f, seed threshold %s, min_area_px %d (accuracy %.3f, mean IoU '
-          '%.3f) at model size %d, flips %d, max_detections %d, on %d images; previous '
+          '%.3f) at model size %d%s, flips %d, max_detections %d, on %d images; previous '
           'threshold %.3f%s'
           % (result['best_threshold'], seed_label(seed),
-             result['min_area_px'], best['accuracy'],
-             best['mean_iou'], result['model_size'], result['flips'], result['max_detections'],
+             result['min_area_px'], best['accuracy'], best['mean_iou'], result['model_size'],
+             ''.join(' + %d' % size for size in result['fuse_sizes']), result['flips'],
+             result['max_detections'],
              result['images'], result['previous_threshold'],
              '' if args.dry_run else '; written to sat_seg.json (%s)' % result['written']))
     print('plot: %s' % plot)
