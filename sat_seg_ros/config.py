@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+import re
 import tempfile
 from typing import Any, Dict, Optional, Tuple
 
@@ -124,6 +125,17 @@ def check_fuse_sizes(value: Any, model_size: int, tile_size: int) -> Tuple[int, 
         raise ValueError('fuse_sizes=%r must name each further size once and not model_size %d'
                          % (list(value), model_size))
     return tuple(value)
+
+
+def parse_size_list(text: str) -> Tuple[int, ...]:
+    """Parse comma-separated model sizes ('1024', '1024, 2048'); '' or 'none' is none."""
+    compact = text.replace(' ', '').lower()
+    if compact in ('', 'none'):
+        return ()
+    if not re.fullmatch(r'[0-9]+(,[0-9]+)*', compact):
+        raise ValueError('%r is not a comma-separated list of model sizes (e.g. 1024) or '
+                         "'none'" % text)
+    return tuple(int(part) for part in compact.split(','))
 
 
 def _check_int(config: SegmenterConfig, name: str, minimum: int) -> None:

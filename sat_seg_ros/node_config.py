@@ -13,7 +13,7 @@ from pathlib import Path
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sat_seg_ros.config import FLIPS
+from sat_seg_ros.config import FLIPS, parse_size_list
 from sat_seg_ros.qos import RELIABILITY_MODES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -71,15 +71,13 @@ def _flips(value: int) -> None:
 
 def fuse_size_list(value: str) -> Optional[Tuple[int, ...]]:
     """Parse the ``fuse_sizes`` parameter: '' (the model's: None), 'none' or '1024[,2048]'."""
-    text = value.strip().lower()
-    if text == '':
+    if value.strip() == '':
         return None
-    if text == 'none':
-        return ()
-    if not re.fullmatch(r'[0-9]+(,[0-9]+)*', text.replace(' ', '')):
+    try:
+        return parse_size_list(value)
+    except ValueError:
         raise ValueError("must be '' (the model's), 'none' or comma-separated model sizes, "
-                         "e.g. '1024'")
-    return tuple(int(part) for part in text.replace(' ', '').split(','))
+                         "e.g. '1024'") from None
 
 
 def _alpha(value: float) -> None:

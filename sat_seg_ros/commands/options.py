@@ -12,6 +12,8 @@ import argparse
 import sys
 from typing import Any, Dict, Sequence
 
+from sat_seg_ros.config import parse_size_list
+
 #: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
                     'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips',
@@ -20,13 +22,10 @@ SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
 
 def size_list(text: str) -> tuple:
     """Parse ``--fuse-sizes``: comma-separated model sizes, or 'none' / '' for none."""
-    if text.strip().lower() in ('', 'none'):
-        return ()
     try:
-        return tuple(int(part) for part in text.split(','))
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r is not a comma-separated list of model sizes '
-                                         "(e.g. 1024) or 'none'" % text) from None
+        return parse_size_list(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class DeprecatedAlias(argparse.Action):
