@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sat_seg_training.train import (build_pool, jittered_boxes, load_config, load_scenes,
-                                    read_checkpoint, train, TrainConfig)
+                                    read_checkpoint, sample_ids, Scene, train, TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,26 @@ def test_pool_keeps_positives_and_some_negatives(tmp_path):
     assert pool.positive.sum() >= positives_expected
     assert (~pool.positive).sum() <= len(scenes)
     assert all(pool.masks[i].max() >= 128 for i in np.flatnonzero(pool.positive))
+
+
+def test_small_object_power_draws_small_satellites_more_often(tmp_path):
+    # Two scenes: a 6x6 satellite (one tile) and a 40x40 one spread over four 64 px tiles.
+    small, large = np.zeros((128, 128), bool), np.zeros((128, 128), bool)
+    small[10:16, 10:16] = True
+    large[44:84, 44:84] = True
+    image = np.full((128, 128), 100, np.uint8)
+    config = micro_config(tmp_path, negatives_per_scene=0, positive_fraction=1.0,
+                          batch_size=4000)
+    pool = build_pool([Scene(image, small), Scene(image, large)], config, seed=0)
+    assert pool.positive.tolist() == [True] * 5
+    assert pool.object_px.tolist() == [36.0] + [1600.0] * 4
+    uniform = sample_ids(pool, config, np.random.default_rng(0))
+    assert abs(np.mean(uniform == 0) - 0.2) < 0.03  # one tile in five
+    config.small_object_power = 0.5  # weights 1/6 against 4 x 1/40: the small one 0.625
+    weighted = sample_ids(pool, config, np.random.default_rng(0))
+    assert abs(np.mean(weighted == 0) - 0.625) < 0.03
+    with pytest.raises(ValueError, match='small_object_power'):
+        micro_config(tmp_path, small_object_power=-1)
 
 
 def test_jittered_boxes_contain_most_of_the_mask():

@@ -72,6 +72,10 @@ class TrainConfig:
     negatives_per_scene: int = 4  # empty tiles kept per scene and size (all positives kept)
     tile_size: int = 256
     positive_fraction: float = 0.5  # share of tiles with satellite pixels in a batch
+    # Positive tiles are drawn with weight (satellite pixels of their scene at their model
+    # size) ** -small_object_power: 0 = uniformly (large satellites, cut into many tiles,
+    # dominate); 0.5 = in inverse proportion to the satellite's diameter.
+    small_object_power: float = 0.0
     min_object_px: int = 1  # tiles with fewer satellite pixels count as negative for sampling
     train_prompt: str = 'inference'  # 'inference' or 'bbox_jitter' (the report's)
     box_jitter: float = 0.1  # bbox_jitter: max shift of each side, as a fraction of box size
@@ -157,6 +161,8 @@ class TrainConfig:
                              'length' % (self.model_sizes, self.size_weights))
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise ValueError('positive_fraction=%r must be in [0, 1]' % self.positive_fraction)
+        if not 0.0 <= self.small_object_power <= 2.0:
+            raise ValueError('small_object_power=%r must be in [0, 2]' % self.small_object_power)
         if self.steps <= 0 and self.epochs <= 0:
             raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
                              % (self.steps, self.epochs))
@@ -247,6 +253,8 @@ class TilePool:
     masks: np.ndarray  # (N, t, t) uint8, 255 = satellite (area-averaged at the tile's scale)
     size_index: np.ndarray  # (N,) index into model_sizes
     positive: np.ndarray  # (N,) bool
+    # (N,) float32: satellite pixels of the tile's scene at the tile's model size (0 = none)
+    object_px: Optional[np.ndarray] = None
 
 
 #: glibc mmap thresholds: small while the tile pool is built, large while training.
@@ -282,7 +290,7 @@ def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TileP
     scene and size.
     """
     rng = np.random.default_rng(seed)
-    tiles, masks, sizes, positive = [], [], [], []
+    tiles, masks, sizes, positive, object_px = [], [], [], [], []
     t = config.tile_size
     for scene in scenes:
         for size_index, size in enumerate(config.model_sizes):
@@ -300,8 +308,9 @@ def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TileP
             masks.append(mask_tiles[keep])
             sizes.append(np.full(len(keep), size_index))
             positive.append(is_pos[keep])
+            object_px.append(np.full(len(keep), float(mask.sum()), np.float32))
     return TilePool(np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
-                    np.concatenate(positive))
+                    np.concatenate(positive), np.concatenate(object_px))
 
 
 def pool_digest(pool: TilePool) -> str:
@@ -321,7 +330,8 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     Each row is positive with probability ``positive_fraction``, at a model size drawn by
     ``size_weights``. A negative row is, with probability ``hard_negative_fraction``, drawn in
     proportion to ``hardness`` (the model's last peak probability on each pool tile) instead of
-    uniformly: the background the model fires on comes back until it stops firing.
+    uniformly: the background the model fires on comes back until it stops firing. A positive
+    row is drawn with weight ``object_px ** -small_object_power`` (uniformly at power 0).
     """
     weights = np.asarray(config.size_weights, np.float64)
     weights = weights / weights.sum()
@@ -338,6 +348,10 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         if (hardness is not None and negative
                 and rng.random() < config.hard_negative_fraction):
             score = hardness[ids].astype(np.float64) + 1e-3
+            chosen.append(int(rng.choice(ids, p=score / score.sum())))
+        elif not negative and config.small_object_power > 0 and pool.object_px is not None:
+            score = np.maximum(pool.object_px[ids].astype(np.float64), 1.0) ** (
+                -config.small_object_power)
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
         else:
             chosen.append(int(rng.choice(ids)))
