@@ -23,7 +23,7 @@ def test_embeddings_are_stride_8_and_mask_is_128():
     assert out.iou_scores.shape == (2, 1, 1)
 
 
-@pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep'])
+@pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep', 'sat-cnn-deep8'])
 def test_default_architecture_fits_the_budget(architecture):
     """<= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
     import torch
@@ -194,9 +194,9 @@ def test_a_deepened_model_computes_exactly_what_it_came_from():
     from sat_seg_training.models import build_model, count_parameters, deepen
 
     model = _scrambled(build_model('test-cnn', seed=1))
-    deeper = deepen(model, (1, 2, 3))
-    assert list(deeper.config.vision_config.stage_blocks) == [1, 2, 3]
-    assert [len(stage) for stage in deeper.vision_encoder.stages] == [1, 2, 3]
+    deeper = deepen(model, (2, 2, 3))  # every stage, the stride-8 one too (sat-cnn-deep8)
+    assert list(deeper.config.vision_config.stage_blocks) == [2, 2, 3]
+    assert [len(stage) for stage in deeper.vision_encoder.stages] == [2, 2, 3]
     assert count_parameters(deeper) > count_parameters(model)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_outputs(model, pixels), _outputs(deeper, pixels))
@@ -209,6 +209,7 @@ def test_a_deepened_model_computes_exactly_what_it_came_from():
     # The new blocks are not dead weight: their BatchNorm scale gets a gradient.
     deeper.vision_encoder(pixels).last_hidden_state.square().sum().backward()
     assert deeper.vision_encoder.stages[2][2].conv2[1].weight.grad.abs().sum() > 0
+    assert deeper.vision_encoder.stages[0][1].conv2[1].weight.grad.abs().sum() > 0
 
 
 def test_deepen_refuses_cutting_blocks_and_other_families():
