@@ -253,8 +253,7 @@ class TilePool:
     masks: np.ndarray  # (N, t, t) uint8, 255 = satellite (area-averaged at the tile's scale)
     size_index: np.ndarray  # (N,) index into model_sizes
     positive: np.ndarray  # (N,) bool
-    # (N,) float32: satellite pixels of the tile's scene at the tile's model size (0 = none)
-    object_px: Optional[np.ndarray] = None
+    object_px: np.ndarray  # (N,) float32: its scene's satellite pixels at its model size
 
 
 #: glibc mmap thresholds: small while the tile pool is built, large while training.
@@ -349,7 +348,7 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
                 and rng.random() < config.hard_negative_fraction):
             score = hardness[ids].astype(np.float64) + 1e-3
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
-        elif not negative and config.small_object_power > 0 and pool.object_px is not None:
+        elif not negative and config.small_object_power > 0:
             score = np.maximum(pool.object_px[ids].astype(np.float64), 1.0) ** (
                 -config.small_object_power)
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
