@@ -47,7 +47,8 @@ class CnnEncoderConfig(PretrainedConfig):
                  stem_channels: Sequence[int] = (24, 32),
                  stage_channels: Sequence[int] = (64, 96, 128),
                  stage_blocks: Sequence[int] = (2, 2, 2), fuse_channels: int = 64,
-                 output_channels: int = 64, scale: float = 1.0, **kwargs) -> None:
+                 output_channels: int = 64, scale: float = 1.0, stem_blocks: int = 0,
+                 fine_lateral: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         if image_size % 32:
             raise ValueError('image_size=%d must be a multiple of 32 (stride-32 stage)'
@@ -59,6 +60,10 @@ class CnnEncoderConfig(PretrainedConfig):
         self.stem_channels = [int(c) for c in stem_channels]
         self.stage_channels = [int(c) for c in stage_channels]
         self.stage_blocks = [int(b) for b in stage_blocks]
+        if isinstance(stem_blocks, bool) or int(stem_blocks) != stem_blocks or stem_blocks < 0:
+            raise ValueError('stem_blocks=%r must be an integer >= 0' % (stem_blocks,))
+        self.stem_blocks = int(stem_blocks)
+        self.fine_lateral = bool(fine_lateral)
         self.fuse_channels = int(fuse_channels)
         self.output_channels = int(output_channels)
         self.patch_size = EMBEDDING_STRIDE  # what SAM calls the embedding grid's stride
@@ -137,9 +142,12 @@ class ResidualBlock(nn.Module):
 class CnnImageEncoder(nn.Module):
     """pixel_values (N, C, S, S) -> image embeddings (N, output_channels, S/8, S/8).
 
-    Stride-4 stem, residual stages at strides 8, 16 and 32, then a top-down fusion (each coarser
-    stage upsampled and added to the finer one's 1x1 projection), so the stride-8 embedding sees
-    the context of the whole tile. Returns a ``SamVisionEncoderOutput`` like SAM's ViT.
+    Stride-4 stem (optionally followed by ``stem_blocks`` residual blocks at stride 4), residual
+    stages at strides 8, 16 and 32, then a top-down fusion (each coarser stage upsampled and
+    added to the finer one's 1x1 projection), so the stride-8 embedding sees the context of the
+    whole tile. With ``fine_lateral`` the stride-4 features also enter the fusion (a strided 3x3
+    projection), so detail that the stride-8 stage averages away, a small satellite's, reaches
+    the embedding directly. Returns a ``SamVisionEncoderOutput`` like SAM's ViT.
     """
 
     def __init__(self, config: CnnEncoderConfig) -> None:
@@ -147,6 +155,9 @@ class CnnImageEncoder(nn.Module):
         c0, c1 = config.stem_channels
         self.stem = nn.Sequential(ConvNormAct(config.num_channels, c0, 3, 2),
                                   ConvNormAct(c0, c1, 3, 2))
+        # An empty Sequential holds no weights, so older model folders load unchanged.
+        self.stem_blocks = nn.Sequential(*(ResidualBlock(c1, c1)
+                                           for _ in range(config.stem_blocks)))
         stages, cin = [], c1
         for cout, blocks in zip(config.stage_channels, config.stage_blocks):
             layers = [ResidualBlock(cin, cout, 2)]
@@ -157,11 +168,13 @@ class CnnImageEncoder(nn.Module):
         fuse = config.fuse_channels
         self.lateral = nn.ModuleList(ConvNormAct(c, fuse, 1, act=False)
                                      for c in config.stage_channels)
+        self.fine_lateral = (ConvNormAct(c1, fuse, 3, 2, act=False) if config.fine_lateral
+                             else None)
         self.fuse = ConvNormAct(fuse, fuse, 3)
         self.neck = nn.Conv2d(fuse, config.output_channels, 1)
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
-        x = self.stem(pixel_values)
+        fine = x = self.stem_blocks(self.stem(pixel_values))
         features = []
         for stage in self.stages:
             x = stage(x)
@@ -170,6 +183,8 @@ class CnnImageEncoder(nn.Module):
         for level in (1, 0):
             fused = nn.functional.interpolate(fused, scale_factor=2.0, mode='nearest')
             fused = fused + self.lateral[level](features[level])
+        if self.fine_lateral is not None:
+            fused = fused + self.fine_lateral(fine)
         return SamVisionEncoderOutput(last_hidden_state=self.neck(self.fuse(fused)))
 
 
@@ -285,14 +300,15 @@ def load_sam_model(model_dir: os.PathLike | str):
 def build_cnn_sam(seed: int = 0, image_size: int = 256, stem_channels=(24, 32),
                   stage_channels=(64, 96, 128), stage_blocks=(2, 2, 2), fuse_channels: int = 64,
                   hidden: int = 64, decoder_mlp: int = 256, decoder_heads: int = 4,
-                  ) -> CnnSamModel:
+                  stem_blocks: int = 0, fine_lateral: bool = False) -> CnnSamModel:
     """Return a freshly initialised CnnSamModel (deterministic in ``seed``)."""
     torch.manual_seed(seed)
     config = CnnSamConfig(
         vision_config={'image_size': image_size, 'stem_channels': list(stem_channels),
                        'stage_channels': list(stage_channels),
                        'stage_blocks': list(stage_blocks), 'fuse_channels': fuse_channels,
-                       'output_channels': hidden},
+                       'output_channels': hidden, 'stem_blocks': stem_blocks,
+                       'fine_lateral': fine_lateral},
         mask_decoder_config={'mlp_dim': decoder_mlp, 'num_attention_heads': decoder_heads,
                              'iou_head_hidden_dim': hidden})
     return CnnSamModel(config).eval()

@@ -31,23 +31,34 @@ def exported_model_dir(tiny_model_dir, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope='session')
-def cnn_model_dir(tmp_path_factory):
-    """Return a 256-input test-cnn model folder (random weights, non-trivial BatchNorm)."""
+def _cnn_model_folder(tmp_path_factory, architecture):
+    """Return a 256-input CNN-encoder model folder (random weights, non-trivial BatchNorm)."""
     import torch
 
     from sat_seg_ros.config import write_model_info
     from sat_seg_training.models import build_model
 
-    model = build_model('test-cnn', seed=3, image_size=256)
+    model = build_model(architecture, seed=3, image_size=256)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
-    folder = tmp_path_factory.mktemp('cnn') / 'model'
+    folder = tmp_path_factory.mktemp(architecture) / 'model'
     model.save_pretrained(folder)
     write_model_info(folder, {'prompt_mode': 'box', 'model_size': 512, 'tile_size': 256,
                               'threshold': 0.5})
     return folder
+
+
+@pytest.fixture(scope='session')
+def cnn_model_dir(tmp_path_factory):
+    """Return a 256-input test-cnn model folder (random weights, non-trivial BatchNorm)."""
+    return _cnn_model_folder(tmp_path_factory, 'test-cnn')
+
+
+@pytest.fixture(scope='session')
+def cnn_fine_model_dir(tmp_path_factory):
+    """Return the same for test-cnn-fine (a stride-4 block and the stride-4 lateral)."""
+    return _cnn_model_folder(tmp_path_factory, 'test-cnn-fine')

@@ -23,7 +23,8 @@ def test_embeddings_are_stride_8_and_mask_is_128():
     assert out.iou_scores.shape == (2, 1, 1)
 
 
-@pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep', 'sat-cnn-deep8'])
+@pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep', 'sat-cnn-deep8',
+                                          'sat-cnn-fine'])
 def test_default_architecture_fits_the_budget(architecture):
     """<= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
     import torch
@@ -40,10 +41,13 @@ def test_default_architecture_fits_the_budget(architecture):
     assert 0.2e9 < counter.get_total_flops() <= 1e9
 
 
-def test_save_load_round_trip_is_bit_exact(cnn_model_dir):
+@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir'])
+def test_save_load_round_trip_is_bit_exact(folder, request):
     import torch
 
     from sat_seg_ros.modeling import CnnSamModel, load_sam_model
+
+    cnn_model_dir = request.getfixturevalue(folder)
 
     loaded = load_sam_model(cnn_model_dir)
     again_dir = cnn_model_dir.parent / 'again'
@@ -90,12 +94,14 @@ def test_torch_backend_and_segmenter_run_the_family(cnn_model_dir):
     assert 'torch' in segmenter.backend.describe()
 
 
-def test_onnx_export_matches_torch_and_is_tensorrt_ready(cnn_model_dir, tmp_path):
+@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir'])
+def test_onnx_export_matches_torch_and_is_tensorrt_ready(folder, request, tmp_path):
     import onnx
 
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.export import check_tensorrt_compatible, export_model
 
+    cnn_model_dir = request.getfixturevalue(folder)
     out = tmp_path / 'exported'
     summary = export_model(cnn_model_dir, out, static_batch=4)
     assert [item['batch'] for item in summary] == ['dynamic', 4]
@@ -212,6 +218,33 @@ def test_a_deepened_model_computes_exactly_what_it_came_from():
     assert deeper.vision_encoder.stages[0][1].conv2[1].weight.grad.abs().sum() > 0
 
 
+def test_a_model_grown_at_stride_4_computes_exactly_what_it_came_from():
+    import torch
+
+    from sat_seg_training.models import build_model, deepen
+
+    model = _scrambled(build_model('test-cnn', seed=1))
+    finer = deepen(model, (1, 1, 1), stem_blocks=1, fine_lateral=True)  # test-cnn-fine
+    expected = build_model('test-cnn-fine')
+    assert ({k: v.shape for k, v in finer.state_dict().items()}
+            == {k: v.shape for k, v in expected.state_dict().items()})
+    assert finer.config.vision_config.stem_blocks == 1 and finer.config.vision_config.fine_lateral
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_outputs(model, pixels), _outputs(finer, pixels))
+    model.train()
+    finer.train()
+    with torch.no_grad():
+        assert torch.equal(model.vision_encoder(pixels).last_hidden_state,
+                           finer.vision_encoder(pixels).last_hidden_state)
+    finer.vision_encoder(pixels).last_hidden_state.square().sum().backward()
+    assert finer.vision_encoder.stem_blocks[0].conv2[1].weight.grad.abs().sum() > 0
+    assert finer.vision_encoder.fine_lateral[1].weight.grad.abs().sum() > 0
+    # And it still deepens further: a stage block on top of the stride-4 parts.
+    both = deepen(finer.eval(), (1, 1, 2))
+    assert both.config.vision_config.stem_blocks == 1 and both.config.vision_config.fine_lateral
+    assert torch.equal(_outputs(finer, pixels), _outputs(both, pixels))
+
+
 def test_deepen_refuses_cutting_blocks_and_other_families():
     from sat_seg_training.models import build_model, deepen
 
@@ -220,6 +253,11 @@ def test_deepen_refuses_cutting_blocks_and_other_families():
         deepen(deepen(model, (1, 2, 2)), (1, 1, 2))
     with pytest.raises(ValueError, match='deepened, never cut'):
         deepen(model, (1, 2))
+    finer = deepen(model, (1, 1, 1), stem_blocks=1, fine_lateral=True)
+    with pytest.raises(ValueError, match='stem_blocks=0.*never cut'):
+        deepen(finer, (1, 1, 1), stem_blocks=0)
+    with pytest.raises(ValueError, match='fine_lateral=False.*never cut'):
+        deepen(finer, (1, 1, 1), fine_lateral=False)
     with pytest.raises(ValueError, match='only a CNN-encoder SAM'):
         deepen(build_model('test-micro'), (1, 2, 2))
 
@@ -252,6 +290,16 @@ def test_training_continues_from_a_shallower_checkpoint_only_when_told_to_deepen
     stored = read_checkpoint(Path(deeper.out_dir) / 'last.pt')
     assert stored['step'] == 4
     assert stored['sam_config']['vision_config']['stage_blocks'] == [1, 2, 2]
+    # The stride-4 parts are grown the same way (sat-cnn -> sat-cnn-fine).
+    finer = _cnn_config(tmp_path / 'finer', architecture='test-cnn-fine', deepen=True,
+                        init_from=str(checkpoint), steps=2, hard_negative_fraction=0.0,
+                        dense_weight=0.5)
+    model, _ = load_initial_model(finer)
+    assert torch.equal(_outputs(model.eval(), pixels),
+                       _outputs(model_from_checkpoint(read_checkpoint(checkpoint)).eval(), pixels))
+    train(finer, progress=False)
+    vision = read_checkpoint(Path(finer.out_dir) / 'last.pt')['sam_config']['vision_config']
+    assert vision['stem_blocks'] == 1 and vision['fine_lateral'] is True
 
 
 def test_dense_stage_needs_a_cnn_architecture(tmp_path):
@@ -261,3 +309,21 @@ def test_dense_stage_needs_a_cnn_architecture(tmp_path):
         _cnn_config(tmp_path, architecture='test-cnn-deep', deepen=True)
     with pytest.raises(ValueError, match="CNN-encoder architecture.*not 'test-micro'"):
         _cnn_config(tmp_path, architecture='test-micro', deepen=True, init_from='x.pt')
+
+
+def test_bf16_precision_lowers_the_loss_and_keeps_fp32_weights(tmp_path):
+    import torch
+
+    from sat_seg_training.train import read_checkpoint, train
+
+    config = _cnn_config(tmp_path / 'bf16', stage='sam', dense_weight=0.5, steps=30,
+                         precision='bf16')
+    train(config, progress=False)
+    losses = _losses(config.out_dir)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    stored = read_checkpoint(Path(config.out_dir) / 'last.pt')
+    assert stored['train_config']['precision'] == 'bf16'
+    assert {value.dtype for value in stored['model'].values() if value.is_floating_point()} == {
+        torch.float32}
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        _cnn_config(tmp_path, precision='fp16')
