@@ -60,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # OpenMP threads that spin while waiting make torch 4-8x slower when the CPU is shared
-    # (measured here: 508 ms vs 115 ms per batch under load). Must be set before torch loads.
+    # (508 ms vs 115 ms per batch under load, 2-core development machine, 2026-11-27). Must be
+    # set before torch loads.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     if argv and argv[0] == '--version':
