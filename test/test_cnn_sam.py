@@ -194,15 +194,30 @@ def _outputs(model, pixels):
         return model(pixel_values=pixels, input_boxes=boxes).pred_masks
 
 
-def test_a_deepened_model_computes_exactly_what_it_came_from():
+# Every part deepen can add: blocks in every stage (the stride-8 one too, as sat-cnn-deep8), and
+# the stride-4 block and lateral (as sat-cnn-fine); the norms that start at zero must learn.
+GROWTHS = {
+    'stages': ({'stage_blocks': (2, 2, 3)},
+               lambda encoder: [encoder.stages[2][2].conv2[1], encoder.stages[0][1].conv2[1]]),
+    'stride 4': ({'stage_blocks': (1, 1, 1), 'stem_blocks': 1, 'fine_lateral': True},
+                 lambda encoder: [encoder.stem_blocks[0].conv2[1], encoder.fine_lateral[1]]),
+}
+
+
+@pytest.mark.parametrize('growth', sorted(GROWTHS))
+def test_a_deepened_model_computes_exactly_what_it_came_from(growth):
     import torch
 
     from sat_seg_training.models import build_model, count_parameters, deepen
 
+    kwargs, new_norms = GROWTHS[growth]
     model = _scrambled(build_model('test-cnn', seed=1))
-    deeper = deepen(model, (2, 2, 3))  # every stage, the stride-8 one too (sat-cnn-deep8)
-    assert list(deeper.config.vision_config.stage_blocks) == [2, 2, 3]
-    assert [len(stage) for stage in deeper.vision_encoder.stages] == [2, 2, 3]
+    deeper = deepen(model, **kwargs)
+    vision = deeper.config.vision_config
+    assert list(vision.stage_blocks) == list(kwargs['stage_blocks'])
+    assert [len(stage) for stage in deeper.vision_encoder.stages] == list(kwargs['stage_blocks'])
+    assert (vision.stem_blocks, vision.fine_lateral) == (kwargs.get('stem_blocks', 0),
+                                                         kwargs.get('fine_lateral', False))
     assert count_parameters(deeper) > count_parameters(model)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_outputs(model, pixels), _outputs(deeper, pixels))
@@ -212,36 +227,23 @@ def test_a_deepened_model_computes_exactly_what_it_came_from():
     with torch.no_grad():
         assert torch.equal(model.vision_encoder(pixels).last_hidden_state,
                            deeper.vision_encoder(pixels).last_hidden_state)
-    # The new blocks are not dead weight: their BatchNorm scale gets a gradient.
+    # The new parts are not dead weight: their BatchNorm scale gets a gradient.
     deeper.vision_encoder(pixels).last_hidden_state.square().sum().backward()
-    assert deeper.vision_encoder.stages[2][2].conv2[1].weight.grad.abs().sum() > 0
-    assert deeper.vision_encoder.stages[0][1].conv2[1].weight.grad.abs().sum() > 0
+    for norm in new_norms(deeper.vision_encoder):
+        assert norm.weight.grad.abs().sum() > 0
 
 
-def test_a_model_grown_at_stride_4_computes_exactly_what_it_came_from():
+def test_stride_4_parts_have_the_preset_shapes_and_grow_further():
     import torch
 
     from sat_seg_training.models import build_model, deepen
 
-    model = _scrambled(build_model('test-cnn', seed=1))
-    finer = deepen(model, (1, 1, 1), stem_blocks=1, fine_lateral=True)  # test-cnn-fine
-    expected = build_model('test-cnn-fine')
+    finer = deepen(_scrambled(build_model('test-cnn', seed=1)), **GROWTHS['stride 4'][0])
     assert ({k: v.shape for k, v in finer.state_dict().items()}
-            == {k: v.shape for k, v in expected.state_dict().items()})
-    assert finer.config.vision_config.stem_blocks == 1 and finer.config.vision_config.fine_lateral
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(_outputs(model, pixels), _outputs(finer, pixels))
-    model.train()
-    finer.train()
-    with torch.no_grad():
-        assert torch.equal(model.vision_encoder(pixels).last_hidden_state,
-                           finer.vision_encoder(pixels).last_hidden_state)
-    finer.vision_encoder(pixels).last_hidden_state.square().sum().backward()
-    assert finer.vision_encoder.stem_blocks[0].conv2[1].weight.grad.abs().sum() > 0
-    assert finer.vision_encoder.fine_lateral[1].weight.grad.abs().sum() > 0
-    # And it still deepens further: a stage block on top of the stride-4 parts.
-    both = deepen(finer.eval(), (1, 1, 2))
+            == {k: v.shape for k, v in build_model('test-cnn-fine').state_dict().items()})
+    both = deepen(finer, (1, 1, 2))  # a stage block on top keeps the stride-4 parts
     assert both.config.vision_config.stem_blocks == 1 and both.config.vision_config.fine_lateral
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_outputs(finer, pixels), _outputs(both, pixels))
 
 
