@@ -60,7 +60,7 @@ class CnnEncoderConfig(PretrainedConfig):
         self.stem_channels = [int(c) for c in stem_channels]
         self.stage_channels = [int(c) for c in stage_channels]
         self.stage_blocks = [int(b) for b in stage_blocks]
-        if isinstance(stem_blocks, bool) or int(stem_blocks) != stem_blocks or stem_blocks < 0:
+        if isinstance(stem_blocks, bool) or not isinstance(stem_blocks, int) or stem_blocks < 0:
             raise ValueError('stem_blocks=%r must be an integer >= 0' % (stem_blocks,))
         self.stem_blocks = int(stem_blocks)
         self.fine_lateral = bool(fine_lateral)

@@ -329,3 +329,11 @@ def test_bf16_precision_lowers_the_loss_and_keeps_fp32_weights(tmp_path):
         torch.float32}
     with pytest.raises(ValueError, match="precision='fp16' is not one of"):
         _cnn_config(tmp_path, precision='fp16')
+
+
+@pytest.mark.parametrize('value', [None, 1.5, -1, True])
+def test_encoder_config_refuses_a_bad_stem_blocks(value):
+    from sat_seg_ros.modeling import CnnEncoderConfig
+
+    with pytest.raises(ValueError, match='stem_blocks=.* must be an integer >= 0'):
+        CnnEncoderConfig(stem_blocks=value)
