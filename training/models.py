@@ -52,7 +52,7 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
 CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     # 1.27 M parameters (5.1 MB fp32), 0.74 GFLOP per 256 tile (encoder 0.67): stride-4 stem,
     # residual stages of 64/96/128 channels at strides 8/16/32 fused to 64-channel stride-8
-    # embeddings; mask decoder hidden 64. The default model's architecture.
+    # embeddings; mask decoder hidden 64. The default model's architecture up to stage 4.
     'sat-cnn': {'stem_channels': (24, 32), 'stage_channels': (64, 96, 128),
                 'stage_blocks': (2, 2, 2), 'fuse_channels': 64, 'hidden': 64,
                 'decoder_mlp': 256, 'decoder_heads': 4},
@@ -71,8 +71,8 @@ CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     # sat-cnn with a residual block at stride 4 after the stem and the stride-4 features fused
     # into the stride-8 embedding (a strided 3x3 projection): the fine detail of a satellite of
     # 15-30 px at model size 512, which the stride-8 stage averages over 2-4 cells, reaches the
-    # mask decoder. 1.31 M parameters (5.2 MB fp32), 0.93 GFLOP per 256 tile. A sat-cnn
-    # checkpoint deepens into it exactly.
+    # mask decoder. 1.31 M parameters (5.2 MB fp32), 0.92 GFLOP per 256 tile. A sat-cnn
+    # checkpoint deepens into it exactly. The bundled default model's architecture (stage 6).
     'sat-cnn-fine': {'stem_channels': (24, 32), 'stage_channels': (64, 96, 128),
                      'stage_blocks': (2, 2, 2), 'fuse_channels': 64, 'hidden': 64,
                      'decoder_mlp': 256, 'decoder_heads': 4, 'stem_blocks': 1,
