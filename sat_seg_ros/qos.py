@@ -4,8 +4,8 @@ Why: with Fast DDS across processes, best-effort delivery of frames of about 1 M
 most of them (PyPI Fast DDS, two processes on one host, 2026-11-27: 512x641 rgb8 2/10
 delivered, 2048x2048 mono8 0/10), while reliable delivery loses none. A best-effort
 subscription (the usual sensor-data QoS) therefore starves on big frames even when the camera
-offers reliable. A reliable subscription, on the other hand, gets
-nothing from a best-effort publisher (incompatible QoS).
+offers reliable. A reliable subscription, on the other hand, gets nothing from a best-effort
+publisher (incompatible QoS).
 
 ``auto`` (the default) does what ``ros2 bag record`` does when it adapts to offers: reliable when
 every publisher of the topic offers reliable, best-effort as soon as one offers only best-effort,

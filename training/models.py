@@ -209,20 +209,20 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     missing, unexpected = deeper.load_state_dict(model.state_dict(), strict=False)
     if unexpected:
         raise ValueError('deepen: weights with no place in the deeper model: %s' % unexpected[:4])
+    # Each added part by its state_dict prefix; every weight missing from ``model`` must be in one.
     encoder = deeper.vision_encoder
-    new_blocks = [block for stage, h in zip(encoder.stages, have) for block in stage[h:]]
-    new_blocks += list(encoder.stem_blocks)[stem_have:]
-    new_norms = [block.conv2[1] for block in new_blocks]
-    new_modules = list(new_blocks)
+    added = {'vision_encoder.stages.%d.%d' % (stage, block): encoder.stages[stage][block]
+             for stage, (h, w) in enumerate(zip(have, want)) for block in range(h, w)}
+    added.update(('vision_encoder.stem_blocks.%d' % block, encoder.stem_blocks[block])
+                 for block in range(stem_have, stem_want))
     if lateral_want and not vision.fine_lateral:
-        new_modules.append(encoder.fine_lateral)
-        new_norms.append(encoder.fine_lateral[1])
-    expected_new = {id(tensor) for module in new_modules
-                    for tensor in module.state_dict(keep_vars=True).values()}
-    state = deeper.state_dict(keep_vars=True)
-    not_carried = [name for name in missing if id(state[name]) not in expected_new]
+        added['vision_encoder.fine_lateral'] = encoder.fine_lateral
+    prefixes = tuple(name + '.' for name in added)
+    not_carried = [name for name in missing if not name.startswith(prefixes)]
     if not_carried:
         raise ValueError('deepen: weights not carried over: %s' % sorted(not_carried)[:4])
+    # A block's last BatchNorm, or the lateral's only one.
+    new_norms = [part.conv2[1] if hasattr(part, 'conv2') else part[1] for part in added.values()]
     with torch.no_grad():
         for norm in new_norms:
             norm.weight.zero_()
