@@ -181,6 +181,15 @@ def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
     assert segmenter.config.max_detections == 1
     result = segmenter.segment(np.zeros((100, 120), np.uint8))
     assert result.mask.shape == (100, 120)
+    # A checkpoint from another version, with a setting this one lacks: named, nothing written.
+    import torch
+
+    stored = read_checkpoint(Path(config.out_dir) / 'last.pt')
+    stored['train_config']['warp_drive'] = True
+    torch.save(stored, tmp_path / 'other.pt')
+    with pytest.raises(ValueError, match=r'settings this version does not know \(warp_drive\)'):
+        export_checkpoint(tmp_path / 'other.pt', tmp_path / 'other_model')
+    assert not (tmp_path / 'other_model').exists()
 
 
 def test_two_cpu_workers_give_the_full_batch_gradient(tmp_path):

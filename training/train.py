@@ -958,6 +958,12 @@ def export_checkpoint(checkpoint_path: os.PathLike | str, directory: os.PathLike
     (then calibrate the threshold with ``sat-seg calibrate``).
     """
     checkpoint = read_checkpoint(checkpoint_path)
+    unknown = sorted(set(checkpoint['train_config']) - {
+        field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError('%s was written with settings this version does not know (%s): it '
+                         'comes from another version of sat_seg_training'
+                         % (checkpoint_path, ', '.join(unknown)))
     config = TrainConfig(**checkpoint['train_config'])
     step = checkpoint['step']
     # The exported step's own validation (None when it had none); the run's best beside it.
