@@ -24,7 +24,7 @@ def test_embeddings_are_stride_8_and_mask_is_128():
 
 
 @pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep', 'sat-cnn-deep8',
-                                          'sat-cnn-fine'])
+                                          'sat-cnn-fine', 'sat-cnn-fine-ctx'])
 def test_default_architecture_fits_the_budget(architecture):
     """<= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
     import torch
