@@ -836,8 +836,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
         pixels = preprocess_tiles(tiles[..., None], pixel_size)
         # Channels-last input: the convolutions run in oneDNN's / cuDNN's preferred layout
-        # (sat-cnn-fine, bf16, one CPU thread: 0.32-0.35 s against 0.37-0.38 s per forward and
-        # backward of 16 tiles); only the rounding of the results can differ.
+        # (sat-cnn-fine, bf16, one CPU thread, three rounds beside a training run: 0.29-0.35 s
+        # against 0.35-0.38 s per forward and backward of 16 tiles); only rounding can differ.
         pixels = torch.from_numpy(pixels).to(accelerator.device).contiguous(
             memory_format=torch.channels_last)
         target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
