@@ -190,6 +190,10 @@ def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
     with pytest.raises(ValueError, match=r'settings this version does not know \(warp_drive\)'):
         export_checkpoint(tmp_path / 'other.pt', tmp_path / 'other_model')
     assert not (tmp_path / 'other_model').exists()
+    # Resuming from it is refused the same way, not as a changed config.
+    torch.save(stored, Path(config.out_dir) / 'last.pt')
+    with pytest.raises(ValueError, match=r'settings this version does not know \(warp_drive\)'):
+        train(config, progress=False)
 
 
 def test_two_cpu_workers_give_the_full_batch_gradient(tmp_path):

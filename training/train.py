@@ -546,6 +546,17 @@ def make_training_net(model, head, config: TrainConfig):
     return TrainingNet()
 
 
+def stored_config(checkpoint: Dict[str, Any], path: os.PathLike | str) -> Dict[str, Any]:
+    """Return the checkpoint's TrainConfig fields; refuse by name settings this version lacks."""
+    unknown = sorted(set(checkpoint['train_config']) - {
+        field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError('%s was written with settings this version does not know (%s): it '
+                         'comes from another version of sat_seg_training'
+                         % (path, ', '.join(unknown)))
+    return checkpoint['train_config']
+
+
 def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
     """Load a checkpoint dict (weights, optimizer, config, step, best metric, history)."""
     import torch
@@ -745,7 +756,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         # Settings added after the checkpoint was written count as unchanged, and so do the
         # ones that say where and how long it runs, not what it computes (e.g. continue a run
         # with more threads once a second run has finished).
-        stored = {key: value for key, value in checkpoint['train_config'].items()
+        stored = {key: value for key, value in stored_config(checkpoint, out / 'last.pt').items()
                   if key not in RUN_ONLY_SETTINGS}
         if dict(current, **stored) != current:
             raise ValueError('%s/last.pt was written with a different config; use another '
@@ -958,13 +969,7 @@ def export_checkpoint(checkpoint_path: os.PathLike | str, directory: os.PathLike
     (then calibrate the threshold with ``sat-seg calibrate``).
     """
     checkpoint = read_checkpoint(checkpoint_path)
-    unknown = sorted(set(checkpoint['train_config']) - {
-        field.name for field in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise ValueError('%s was written with settings this version does not know (%s): it '
-                         'comes from another version of sat_seg_training'
-                         % (checkpoint_path, ', '.join(unknown)))
-    config = TrainConfig(**checkpoint['train_config'])
+    config = TrainConfig(**stored_config(checkpoint, checkpoint_path))
     step = checkpoint['step']
     # The exported step's own validation (None when it had none); the run's best beside it.
     at_step = [h for h in checkpoint['history'] if h.get('step') == step and 'val_accuracy' in h]
