@@ -331,6 +331,26 @@ def test_bf16_precision_lowers_the_loss_and_keeps_fp32_weights(tmp_path):
         _cnn_config(tmp_path, precision='fp16')
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(native, monkeypatch, caplog):
+    from sat_seg_training import train as train_module
+
+    monkeypatch.setattr(train_module, 'native_bf16', lambda device_type='cpu': native)
+    assert train_module.resolve_precision('auto') == ('bf16' if native else 'fp32')
+    assert train_module.resolve_precision('fp32') == 'fp32'
+    with caplog.at_level('WARNING', logger='sat_seg_training.train'):
+        assert train_module.resolve_precision('bf16') == 'bf16'
+    assert ('emulated and much slower' in caplog.text) is not native
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    from sat_seg_training.train import native_bf16
+
+    with open('/proc/cpuinfo') as cpuinfo:
+        flags = next(line for line in cpuinfo if line.startswith('flags')).split()
+    assert native_bf16('cpu') == bool({'avx512_bf16', 'amx_bf16'} & set(flags))
+
+
 @pytest.mark.parametrize('value', [None, 1.5, -1, True])
 def test_encoder_config_refuses_a_bad_stem_blocks(value):
     from sat_seg_ros.modeling import CnnEncoderConfig

@@ -93,9 +93,10 @@ def test_resume_refuses_a_changed_config(tmp_path):
     train(config, progress=False)
     with pytest.raises(ValueError, match='different config'):
         train(micro_config(tmp_path, steps=3), progress=False)
-    # Where and how long it runs may change: more threads, workers, another time limit.
-    summary = train(micro_config(tmp_path, steps=2, threads=2, workers=2, max_minutes=5.0),
-                    progress=False)
+    # Where and how long it runs may change: more threads, workers, another time limit, and the
+    # precision (the weights and optimizer state are fp32 in either).
+    summary = train(micro_config(tmp_path, steps=2, threads=2, workers=2, max_minutes=5.0,
+                                 precision='auto'), progress=False)
     assert summary['steps'] == 2
 
 

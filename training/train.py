@@ -39,12 +39,15 @@ LOG = logging.getLogger(__name__)
 TRAIN_PROMPTS = ('inference', 'bbox_jitter')
 #: 'sam': the whole model on 256 tiles; 'dense': the image encoder with a dense head on crops.
 STAGES = ('sam', 'dense')
-PRECISIONS = ('fp32', 'bf16')
+PRECISIONS = ('fp32', 'bf16', 'auto')
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 
 
 #: TrainConfig fields a resumed run may change: they decide where and how long it runs, not what.
-RUN_ONLY_SETTINGS = ('threads', 'workers', 'max_minutes', 'log_every', 'checkpoint_every')
+#: precision is one of them: under autocast the weights, optimizer state and loss stay fp32, so a
+#: checkpoint continues in either precision, and which one is fast depends on the machine.
+RUN_ONLY_SETTINGS = ('threads', 'workers', 'max_minutes', 'log_every', 'checkpoint_every',
+                     'precision')
 
 
 @dataclasses.dataclass
@@ -104,7 +107,8 @@ class TrainConfig:
     epochs: float = 0.0  # passes over the tile pool (used when steps is 0)
     grad_clip: float = 1.0
     # 'fp32', or 'bf16': the forward pass under autocast to bfloat16 (weights, optimizer and
-    # loss stay fp32). Pays on CPUs with AVX512-BF16 or AMX and on GPUs; elsewhere it is slower.
+    # loss stay fp32). Pays on CPUs with AVX512-BF16 or AMX and on GPUs; elsewhere it is much
+    # slower (a CPU with AVX2 only: 8x). 'auto': bf16 where the hardware has it, else fp32.
     precision: str = 'fp32'
     # bookkeeping
     val_every: int = 250
@@ -265,6 +269,35 @@ class TilePool:
 #: glibc mmap thresholds: small while the tile pool is built, large while training.
 POOL_MMAP_THRESHOLD = 128 * 1024
 TRAIN_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit
+
+
+def native_bf16(device_type: str = 'cpu') -> bool:
+    """Whether the device computes bf16 in hardware (CPU: AVX512-BF16 or AMX; CUDA: Ampere+)."""
+    import torch
+
+    if device_type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            flags = set(next((line for line in cpuinfo if line.startswith('flags')), '').split())
+        return bool(flags & {'avx512_bf16', 'amx_bf16'})
+    except OSError:  # not Linux: ask oneDNN (a private op, hence the fallback)
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+
+
+def resolve_precision(precision: str, device_type: str = 'cpu') -> str:
+    """'fp32' or 'bf16' for this machine; warn when bf16 would be emulated."""
+    native = native_bf16(device_type)
+    if precision == 'auto':
+        return 'bf16' if native else 'fp32'
+    if precision == 'bf16' and not native:
+        LOG.warning('precision=bf16 on a %s without bf16 in hardware is emulated and much slower '
+                    'than fp32 (8x on a CPU with AVX2 only); set precision: auto or fp32 (a '
+                    'resumed run may change it)', device_type.upper())
+    return precision
 
 
 def _set_mmap_threshold(size: int) -> None:
@@ -817,6 +850,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
     worker_threads = max(1, config.threads // workers)
+    precision = resolve_precision(config.precision, accelerator.device.type)
+    LOG.info('precision: %s%s', precision,
+             ' (auto)' if config.precision == 'auto' else '')
     if workers > 1:
         LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
                  workers, worker_threads)
@@ -867,7 +903,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         def chunk_loss(rows: slice, backward_scale: float):
             dense = None
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
-                                enabled=config.precision == 'bf16'):
+                                enabled=precision == 'bf16'):
                 if head is not None:
                     low_res, dense = net(pixels[rows])
                 elif fixed:
