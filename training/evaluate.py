@@ -31,17 +31,25 @@ class ImageOutcome:
     detected: bool
 
 
-def machine_description() -> str:
-    """CPU model (or GPU name) and core count of this machine."""
-    cpu = platform.processor() or platform.machine()
+def cpuinfo_value(key: str) -> Optional[str]:
+    """Return the first ``key`` entry of /proc/cpuinfo (e.g. 'model name', 'flags').
+
+    '' where the file has no such entry, None where it cannot be read (not Linux).
+    """
     try:
         with open('/proc/cpuinfo') as stream:
             for line in stream:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
+                name, _, value = line.partition(':')
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
-        pass
+        return None
+    return ''
+
+
+def machine_description() -> str:
+    """CPU model (or GPU name) and core count of this machine."""
+    cpu = cpuinfo_value('model name') or platform.processor() or platform.machine()
     return '%s, %d cores' % (cpu, os.cpu_count() or 0)
 
 

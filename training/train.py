@@ -275,17 +275,17 @@ def native_bf16(device_type: str = 'cpu') -> bool:
     """Whether the device computes bf16 in hardware (CPU: AVX512-BF16 or AMX; CUDA: Ampere+)."""
     import torch
 
+    from sat_seg_training.evaluate import cpuinfo_value
+
     if device_type == 'cuda':
         return torch.cuda.is_bf16_supported()
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            flags = set(next((line for line in cpuinfo if line.startswith('flags')), '').split())
-        return bool(flags & {'avx512_bf16', 'amx_bf16'})
-    except OSError:  # not Linux: ask oneDNN (a private op, hence the fallback)
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+    flags = cpuinfo_value('flags')
+    if flags is not None:
+        return bool(set(flags.split()) & {'avx512_bf16', 'amx_bf16'})
+    try:  # not Linux: ask oneDNN (a private op, hence the fallback)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_precision(precision: str, device_type: str = 'cpu') -> str:
