@@ -65,3 +65,46 @@ def test_cli_writes_json(tiny_model_dir, small_dataset, tmp_path, capsys):
 def test_cli_refuses_bad_sizes(small_dataset):
     with pytest.raises(SystemExit):
         main(['evaluate', '--dataset', str(small_dataset), '--sizes', '512,abc'])
+
+
+def test_breakdown_by_satellite_size_and_background(tiny_model_dir, tmp_path):
+    """Strata come from the true masks and the synth record; they add up to the whole row."""
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.evaluate import evaluate, format_table
+
+    root = tmp_path / 'strata'
+    rng = np.random.default_rng(5)
+    sides = {'small.png': (10, 30), 'mid.png': (50, 20), 'large.png': (90, 170)}  # h, w
+    with DatasetWriter(root) as writer:
+        for name, (height, width) in sides.items():
+            mask = np.zeros((240, 300), bool)
+            mask[30:30 + height, 40:40 + width] = True
+            terrain = ['photo', 'clouds'] if name == 'mid.png' else ['town', 'roads']
+            writer.add(name, rng.integers(0, 255, mask.shape, dtype=np.uint8), mask=mask,
+                       extra={'synth': {'terrain': terrain}})
+        writer.add('empty.png', rng.integers(0, 255, (240, 300), dtype=np.uint8),
+                   extra={'synth': {'terrain': ['photo']}})
+        writer.add('imported.png', rng.integers(0, 255, (240, 300), dtype=np.uint8))
+    assert load_dataset(root)[0].extra == {'synth': {'terrain': ['town', 'roads']}}
+
+    report = evaluate(root, str(tiny_model_dir), sizes=[256], threshold=0.5)
+    row = report['rows'][0]
+    table = {(e['group'], e['stratum']): e for e in row['breakdown']}
+    assert [key[1] for key in table if key[0] == 'satellite size'] == [
+        'no satellite', '20-40 px', '40-80 px', '>= 160 px']
+    assert table['satellite size', 'no satellite']['images'] == 2
+    assert table['satellite size', 'no satellite']['mean_iou'] is None
+    assert table['background', 'photograph']['images'] == 2
+    assert table['background', 'procedural']['images'] == 2
+    assert table['background', 'not recorded']['images'] == 1
+    assert table['background, satellite', 'photograph, no']['images'] == 1
+    outcomes = {f['file_name']: f for f in report['failures'][256]}
+    for group in ('satellite size', 'background', 'background, satellite'):
+        entries = [e for e in row['breakdown'] if e['group'] == group]
+        assert sum(e['images'] for e in entries) == row['images']
+        weighted = sum(e['accuracy'] * e['images'] for e in entries) / row['images']
+        assert weighted == pytest.approx(row['accuracy'])
+    for name, found in outcomes.items():
+        if name in sides:
+            assert found['size_px'] == max(sides[name])
+    assert 'background, satellite' in format_table(report)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ ANNOTATIONS = 'annotations.json'
 IMAGES = 'images'
 MASKS = 'masks'
 CATEGORY = {'id': 1, 'name': 'satellite'}
+IMAGE_KEYS = ('id', 'file_name', 'width', 'height')  # an image entry's keys that are not extra
 
 
 class DatasetError(ValueError):
@@ -40,7 +41,8 @@ class Record:
     """One image of a dataset.
 
     bbox_xywh is (x, y, w, h) in pixels (floats as stored) or None for an image without a
-    satellite; mask_path is None when the dataset has no mask for this image.
+    satellite; mask_path is None when the dataset has no mask for this image; extra holds the
+    image entry's other keys as stored (e.g. 'synth': how `sat-seg synth` made the scene).
     """
 
     file_name: str
@@ -49,6 +51,7 @@ class Record:
     height: int
     bbox_xywh: Optional[Tuple[float, float, float, float]]
     mask_path: Optional[pathlib.Path]
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def positive(self) -> bool:
@@ -186,6 +189,7 @@ def load_dataset(root) -> Dataset:
             height=int(image['height']),
             bbox_xywh=union_bbox(image_boxes) if image_boxes else None,
             mask_path=mask_path if mask_path.is_file() else None,
+            extra={key: value for key, value in image.items() if key not in IMAGE_KEYS},
         ))
     return Dataset(root=root, records=records)
 
@@ -303,7 +307,7 @@ class DatasetWriter:
             raise DatasetError(f'{record.file_name} is not in {self.root / IMAGES}; '
                                'copy it there first or use add()')
         return self._register(record.file_name, record.width, record.height,
-                              record.bbox_xywh, None)
+                              record.bbox_xywh, record.extra)
 
     def _register(self, file_name, width, height, bbox_xywh, extra) -> int:
         image_id = len(self._images) + 1

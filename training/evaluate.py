@@ -2,7 +2,9 @@
 
 Per model size: accuracy (IoU > 0.5; an empty prediction on an image without a satellite is
 correct), mean IoU over images with a satellite, image-level detection precision / recall,
-mean seconds per image (the Segmenter's total, frame in -> mask out) and the machine.
+mean seconds per image (the Segmenter's total, frame in -> mask out) and the machine; then the
+accuracy broken down by satellite size and, for `sat-seg synth` scenes, by background
+(photograph or procedural), which says where a model fails.
 """
 
 from __future__ import annotations
@@ -29,6 +31,70 @@ class ImageOutcome:
     correct: bool
     positive: bool
     detected: bool
+    size_px: Optional[int] = None  # the longer side of the true mask's box, frame pixels
+    background: Optional[str] = None  # 'photograph' / 'procedural' for synth scenes
+
+
+SIZE_EDGES_PX = (20, 40, 80, 160)  # satellite-size strata of the breakdown
+
+
+def satellite_size_px(truth: np.ndarray) -> Optional[int]:
+    """Return the longer side of the box around the true mask's pixels (None: no satellite)."""
+    rows, cols = np.nonzero(truth)
+    if rows.size == 0:
+        return None
+    return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+
+
+def background_kind(extra: Dict[str, Any]) -> Optional[str]:
+    """Return 'photograph' or 'procedural' for a `sat-seg synth` scene (its first terrain)."""
+    synth = extra.get('synth')
+    terrain = synth.get('terrain') if isinstance(synth, dict) else None
+    if not terrain or not isinstance(terrain, list):
+        return None
+    return 'photograph' if terrain[0] == 'photo' else 'procedural'
+
+
+def size_stratum(size_px: Optional[int]) -> str:
+    """Return the breakdown's label for a satellite of ``size_px`` (None: no satellite)."""
+    if size_px is None:
+        return 'no satellite'
+    low = 0
+    for edge in SIZE_EDGES_PX:
+        if size_px < edge:
+            return '%d-%d px' % (low, edge) if low else '< %d px' % edge
+        low = edge
+    return '>= %d px' % low
+
+
+def breakdown(outcomes: Sequence[ImageOutcome]) -> List[Dict[str, Any]]:
+    """Return accuracy (and mean IoU of those with a satellite) per stratum of each grouping.
+
+    Groupings: satellite size (every dataset with masks); background, then background x
+    satellite present, where the dataset records how each scene was made. Strata with no
+    image are left out; the images of a grouping add up to all images.
+    """
+    groups = [('satellite size', lambda o: size_stratum(o.size_px))]
+    if any(o.background for o in outcomes):
+        groups += [('background', lambda o: o.background or 'not recorded'),
+                   ('background, satellite', lambda o: '%s, %s' % (
+                       o.background or 'not recorded', 'yes' if o.positive else 'no'))]
+    order = [size_stratum(None)] + [size_stratum(edge - 1) for edge in SIZE_EDGES_PX] + [
+        size_stratum(SIZE_EDGES_PX[-1])]
+    table = []
+    for group, key in groups:
+        strata: Dict[str, List[ImageOutcome]] = {}
+        for outcome in outcomes:
+            strata.setdefault(key(outcome), []).append(outcome)
+        names = sorted(strata, key=lambda name: (order.index(name) if name in order else
+                                                 len(order), name))
+        for name in names:
+            found = strata[name]
+            ious = [o.iou for o in found if o.positive]
+            table.append({'group': group, 'stratum': name, 'images': len(found),
+                          'accuracy': float(np.mean([o.correct for o in found])),
+                          'mean_iou': float(np.mean(ious)) if ious else None})
+    return table
 
 
 def cpuinfo_value(key: str) -> Optional[str]:
@@ -91,11 +157,13 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
             pairs.append((result.mask, truth))
             value = metrics.iou(result.mask, truth)
             results.append(ImageOutcome(record.file_name, value, value > metrics.IOU_CORRECT,
-                                        bool(truth.any()), result.detected))
+                                        bool(truth.any()), result.detected,
+                                        satellite_size_px(truth), background_kind(record.extra)))
             if size == sizes[0] and gallery is not None and value <= metrics.IOU_CORRECT:
                 predictions[record.file_name] = result.mask
         summary = metrics.summarize(pairs)
         summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
+                        'breakdown': breakdown(results),
                         'threshold': segmenter.config.threshold,
                         'seed_threshold': segmenter.config.seed_threshold,
                         'min_area_px': segmenter.config.min_area_px,
@@ -183,4 +251,12 @@ def format_table(report: Dict[str, Any]) -> str:
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))
+    for row in report['rows']:
+        if row.get('breakdown'):
+            lines.append('accuracy at %d by stratum:' % row['model_size'])
+        for entry in row.get('breakdown', ()):
+            iou = entry['mean_iou']
+            lines.append('  %-22s %-26s %5d images  accuracy %.3f  mean IoU %s' % (
+                entry['group'], entry['stratum'], entry['images'], entry['accuracy'],
+                '-' if iou is None else '%.3f' % iou))
     return '\n'.join(lines)
