@@ -86,3 +86,34 @@ def test_bad_peak_settings_are_named():
         TrainConfig(steps=1, peak_weight=1.0, peak_pixels=0)
     with pytest.raises(ValueError, match="needs loss 'bce_dice'"):
         TrainConfig(steps=1, peak_weight=1.0, loss='dice_ce')
+
+
+@pytest.mark.parametrize('margin', [0, 1, 4, 8])
+def test_satellite_surroundings_is_the_square_dilation_of_the_satellite(margin):
+    """The box-sum dilation agrees with a max-pool dilation, at the tile's edges too."""
+    from sat_seg_training.losses import satellite_surroundings
+
+    generator = torch.Generator().manual_seed(margin)
+    targets = (torch.rand(5, 40, 48, generator=generator) > 0.985).float()
+    targets[1] = 0  # an empty tile
+    targets[2, 0, 0] = targets[2, -1, -1] = 0.3  # soft pixels at the corners count
+    targets[3, :, 47] = 1.0  # a satellite along the right edge
+    side = 2 * margin + 1
+    expected = torch.nn.functional.max_pool2d((targets[:, None] > 0).float(), side, stride=1,
+                                              padding=margin) > 0
+    found = satellite_surroundings(targets, margin)
+    assert found.shape == (5, 40 * 48) and found.dtype == torch.bool
+    assert torch.equal(found, expected.flatten(1))
+    assert not found[1].any()
+
+
+def test_peak_loss_with_precomputed_surroundings_is_the_same():
+    from sat_seg_training.losses import satellite_surroundings
+
+    logits, targets = _scene()
+    logits = logits + torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(1))
+    near = satellite_surroundings(targets, 4)
+    assert torch.equal(peak_loss(logits, targets, pixels=16, margin=4, near=near),
+                       peak_loss(logits, targets, pixels=16, margin=4))
+    assert torch.equal(bce_dice_loss(logits, targets, peak_weight=0.5, peak_margin=4, near=near),
+                       bce_dice_loss(logits, targets, peak_weight=0.5, peak_margin=4))

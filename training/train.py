@@ -31,7 +31,7 @@ from sat_seg_ros.backends import Backend
 from sat_seg_ros.config import _check_int, atomic_write_text, SegmenterConfig, write_model_info
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
-from sat_seg_training.losses import LOSSES, segmentation_loss
+from sat_seg_training.losses import LOSSES, satellite_surroundings, segmentation_loss
 from sat_seg_training.models import ARCHITECTURES, CNN_ARCHITECTURES
 
 LOG = logging.getLogger(__name__)
@@ -915,16 +915,19 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             low_res = None if low_res is None else low_res.float()
             dense = None if dense is None else dense.float()
             value = 0.0
+            # What the peak loss excludes around satellites, once for both losses.
+            near = (satellite_surroundings(target[rows]) if config.peak_weight > 0
+                    and config.loss == 'bce_dice' else None)
             if low_res is not None:
                 logits = to_target(low_res)
                 value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
                                           config.dice_weight, config.peak_weight,
-                                          config.peak_pixels)
+                                          config.peak_pixels, near)
             if dense is not None:
                 dense_logits = to_target(dense)
                 dense_loss = segmentation_loss(config.loss, dense_logits, target[rows],
                                                config.pos_weight, config.dice_weight,
-                                               config.peak_weight, config.peak_pixels)
+                                               config.peak_weight, config.peak_pixels, near)
                 value = dense_loss if low_res is None else value + (
                     config.dense_weight * dense_loss)
                 if low_res is None:
