@@ -60,6 +60,11 @@ def test_cli_writes_json(tiny_model_dir, small_dataset, tmp_path, capsys):
     assert [r['model_size'] for r in report['rows']] == [256, 512]
     assert (tmp_path / 'table_failures.png').is_file()
     assert 'machine' in capsys.readouterr().out
+    assert all(row['breakdown'] for row in report['rows'])
+    assert main(['evaluate', '--dataset', str(small_dataset), '--model', str(tiny_model_dir),
+                 '--sizes', '256', '--strata']) == 0
+    printed = capsys.readouterr().out
+    assert 'accuracy at 256 by stratum' in printed and '40-80 px' in printed
 
 
 def test_cli_refuses_bad_sizes(small_dataset):
@@ -107,4 +112,5 @@ def test_breakdown_by_satellite_size_and_background(tiny_model_dir, tmp_path):
     for name, found in outcomes.items():
         if name in sides:
             assert found['size_px'] == max(sides[name])
-    assert 'background, satellite' in format_table(report)
+    assert 'background, satellite' in format_table(report, strata=True)
+    assert 'background, satellite' not in format_table(report)  # the table alone by default

@@ -234,8 +234,8 @@ def failure_gallery(records, outcomes: Sequence[ImageOutcome], predictions: Dict
     return path
 
 
-def format_table(report: Dict[str, Any]) -> str:
-    """Return Table 1 as aligned text."""
+def format_table(report: Dict[str, Any], strata: bool = False) -> str:
+    """Return Table 1 as aligned text; ``strata``: each size's breakdown below it."""
     lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
              'machine: %s' % report['machine'],
              '%6s %9s %9s %10s %8s %10s %10s %6s %6s  %s' % (
@@ -251,7 +251,7 @@ def format_table(report: Dict[str, Any]) -> str:
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))
-    for row in report['rows']:
+    for row in report['rows'] if strata else ():
         if row.get('breakdown'):
             lines.append('accuracy at %d by stratum:' % row['model_size'])
         for entry in row.get('breakdown', ()):

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='evaluate only the first N images (default: all)')
     parser.add_argument('--gallery', type=Path, default=None,
                         help='failure gallery PNG (default: next to --json, else none)')
+    parser.add_argument('--strata', action='store_true',
+                        help="also print each size's accuracy by satellite size and, for "
+                             'sat-seg synth scenes, by background (always in --json)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.dataset, args.model, args.sizes, backend=args.backend,
                       device=args.device, limit=args.limit, gallery=gallery,
                       **segmenter_options(args))
-    print(format_table(report))
+    print(format_table(report, strata=args.strata))
     if gallery is not None:
         print('failure gallery: %s' % gallery)
     if args.json is not None:
