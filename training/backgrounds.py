@@ -29,6 +29,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp')
 NON_PHOTO_MARKERS = ('mask', 'relief', 'overlay', 'colors', 'structure', 'void', 'unknown',
                      'grain_texture', '-nm', '_nm', 'normal')
 MIN_SIDE_PX = 256
+PHOTO_TERRAIN = 'photo'      # the terrain layer a photograph crop records in its scene's entry
 MIN_GRAY_STD = 0.03          # 0..1 scale: flatter images are colour swatches, not scenes
 SCALE_RANGE = (0.35, 1.6)    # crop pixels per source pixel, log-uniform
 
@@ -165,5 +166,6 @@ class BackgroundBank:
             gain = rng.uniform(0.6, 1.0) / (hi - lo)
             crop = (crop - lo) * gain + rng.uniform(0.05, max(0.06, 0.95 - gain * (hi - lo)))
         crop = np.clip(crop, 0, 1).astype(np.float32)
-        return np.ascontiguousarray(crop), {'terrain': ['photo'], 'photo': self.paths[index].name,
+        return np.ascontiguousarray(crop), {'terrain': [PHOTO_TERRAIN],
+                                            'photo': self.paths[index].name,
                                             'scale': round(scale, 3), 'angle': round(angle, 1)}

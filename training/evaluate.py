@@ -19,7 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from sat_seg_ros import metrics
+from sat_seg_training.backgrounds import PHOTO_TERRAIN
 from sat_seg_training.calibrate import seed_label
+from sat_seg_training.dataset import mask_bbox
 
 
 @dataclasses.dataclass
@@ -40,10 +42,8 @@ SIZE_EDGES_PX = (20, 40, 80, 160)  # satellite-size strata of the breakdown
 
 def satellite_size_px(truth: np.ndarray) -> Optional[int]:
     """Return the longer side of the box around the true mask's pixels (None: no satellite)."""
-    rows, cols = np.nonzero(truth)
-    if rows.size == 0:
-        return None
-    return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+    box = mask_bbox(truth)
+    return None if box is None else max(box[2], box[3])
 
 
 def background_kind(extra: Dict[str, Any]) -> Optional[str]:
@@ -52,7 +52,7 @@ def background_kind(extra: Dict[str, Any]) -> Optional[str]:
     terrain = synth.get('terrain') if isinstance(synth, dict) else None
     if not terrain or not isinstance(terrain, list):
         return None
-    return 'photograph' if terrain[0] == 'photo' else 'procedural'
+    return 'photograph' if terrain[0] == PHOTO_TERRAIN else 'procedural'
 
 
 def size_stratum(size_px: Optional[int]) -> str:

@@ -915,9 +915,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             low_res = None if low_res is None else low_res.float()
             dense = None if dense is None else dense.float()
             value = 0.0
-            # What the peak loss excludes around satellites, once for both losses.
-            near = (satellite_surroundings(target[rows]) if config.peak_weight > 0
-                    and config.loss == 'bce_dice' else None)
+            # What the peak loss excludes around satellites, once for both losses (validate()
+            # allows peak_weight > 0 with loss 'bce_dice' only).
+            near = satellite_surroundings(target[rows]) if config.peak_weight > 0 else None
             if low_res is not None:
                 logits = to_target(low_res)
                 value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
