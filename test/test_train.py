@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sat_seg_training.train import (build_pool, jittered_boxes, load_config, load_scenes,
-                                    read_checkpoint, sample_ids, Scene, train, TrainConfig)
+                                    miss_scores, read_checkpoint, sample_ids, Scene, train,
+                                    TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +130,55 @@ def test_small_object_power_draws_small_satellites_more_often(tmp_path):
     assert abs(np.mean(weighted == 0) - 0.625) < 0.03
     with pytest.raises(ValueError, match='small_object_power'):
         micro_config(tmp_path, small_object_power=-1)
+
+
+def test_hard_positive_fraction_draws_missed_satellites_more_often(tmp_path):
+    masks = [np.zeros((128, 128), bool) for _ in range(2)]
+    masks[0][10:16, 10:16] = True
+    masks[1][70:76, 70:76] = True
+    image = np.full((128, 128), 100, np.uint8)
+    config = micro_config(tmp_path, negatives_per_scene=0, positive_fraction=1.0,
+                          batch_size=4000)
+    pool = build_pool([Scene(image, m) for m in masks], config, seed=0)
+    assert pool.positive.tolist() == [True, True]
+    hardness = np.array([0.9, 0.1], np.float32)  # tile 0 missed, tile 1 found
+    uniform = sample_ids(pool, config, np.random.default_rng(0), hardness)
+    assert abs(np.mean(uniform == 0) - 0.5) < 0.03
+    config.hard_positive_fraction = 0.5  # 0.5 uniform + 0.5 * 0.9 / 1.0: tile 0 at 0.70
+    weighted = sample_ids(pool, config, np.random.default_rng(0), hardness)
+    assert abs(np.mean(weighted == 0) - (0.5 * 0.5 + 0.5 * 0.901 / 1.002)) < 0.03
+    with pytest.raises(ValueError, match='hard_positive_fraction'):
+        micro_config(tmp_path, hard_positive_fraction=1.5)
+
+
+def test_miss_scores_rank_dim_and_outshone_satellites_above_found_ones():
+    import torch
+
+    truth = torch.zeros(4, 6, dtype=torch.bool)
+    truth[:3, 0] = True  # tile 3 has no satellite pixel
+    near = torch.zeros(4, 6, dtype=torch.bool)
+    near[:3, 1] = True  # pixel 1 is the satellite's surroundings: neither class
+    logits = torch.full((4, 6), -6.0)
+    logits[0, 0] = 6.0  # found: bright satellite, dark background
+    logits[1, 0] = -2.0  # dim satellite
+    logits[2, 0] = 6.0
+    logits[2, 4] = 0.0  # bright satellite, a false blob at probability 0.5
+    logits[:3, 1] = 9.0  # the surroundings do not count as background
+    scores = miss_scores(logits, truth, near).numpy()
+    assert scores[0] < 0.01 and scores[3] == 1.0
+    assert scores[1] > 0.85 and 0.45 < scores[2] < 0.55
+    logits[2, 4] = 6.0  # as bright as the satellite: outshone, a miss
+    assert miss_scores(logits, truth, near).numpy()[2] > 0.99
+
+
+def test_a_run_records_miss_scores_of_the_positives_it_saw(tmp_path):
+    config = micro_config(tmp_path, steps=3, hard_positive_fraction=0.5, positive_fraction=1.0)
+    train(config, progress=False)
+    hardness = read_checkpoint(Path(config.out_dir) / 'last.pt')['hardness']
+    pool = build_pool(load_scenes(config.data, config.scenes, config.seed), config, config.seed)
+    seen = hardness[pool.positive] < 1.0
+    assert seen.any() and (hardness[pool.positive] >= 0).all()
+    assert (hardness[~pool.positive] == 1.0).all()  # no negative drawn: none updated
 
 
 def test_jittered_boxes_contain_most_of_the_mask():

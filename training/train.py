@@ -88,6 +88,12 @@ class TrainConfig:
     # Share of a batch's negatives drawn by how strongly the model last fired on them (hard
     # negatives); the rest uniformly. 0 = all uniform.
     hard_negative_fraction: float = 0.0
+    # Share of a batch's positives drawn by how badly the model last did on them: weight
+    # 1 - p_sat * (1 - p_bg), p_sat the probability of the tile's best satellite pixel and
+    # p_bg that of its best background pixel (away from the satellite), so a satellite that
+    # stays dim or is outshone by the background comes back; the rest as
+    # small_object_power says. 0 = off.
+    hard_positive_fraction: float = 0.0
     # optimisation
     loss: str = 'bce_dice'
     pos_weight: float = 1.0
@@ -144,9 +150,9 @@ class TrainConfig:
                 raise ValueError('deepen=true needs init_from (the shallower model) and a '
                                  'CNN-encoder architecture (one of %s), not %r'
                                  % (sorted(CNN_ARCHITECTURES), self.architecture))
-        if not 0.0 <= self.hard_negative_fraction <= 1.0:
-            raise ValueError('hard_negative_fraction=%r must be in [0, 1]'
-                             % self.hard_negative_fraction)
+        for name in ('hard_negative_fraction', 'hard_positive_fraction'):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError('%s=%r must be in [0, 1]' % (name, getattr(self, name)))
         if self.stage == 'dense' and (self.crop_size < 32 or self.crop_size > self.tile_size
                                       or self.crop_size % 32):
             raise ValueError('crop_size=%r must be a multiple of 32 in [32, tile_size=%d]'
@@ -369,7 +375,9 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     ``size_weights``. A negative row is, with probability ``hard_negative_fraction``, drawn in
     proportion to ``hardness`` (the model's last peak probability on each pool tile) instead of
     uniformly: the background the model fires on comes back until it stops firing. A positive
-    row is drawn with weight ``object_px ** -small_object_power`` (uniformly at power 0).
+    row is, with probability ``hard_positive_fraction``, drawn in proportion to ``hardness``
+    (there: the model's last miss score on the tile, see TrainConfig), else with weight
+    ``object_px ** -small_object_power`` (uniformly at power 0).
     """
     weights = np.asarray(config.size_weights, np.float64)
     weights = weights / weights.sum()
@@ -387,6 +395,10 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
                 and rng.random() < config.hard_negative_fraction):
             score = hardness[ids].astype(np.float64) + 1e-3
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
+        elif (hardness is not None and not negative and config.hard_positive_fraction > 0
+              and rng.random() < config.hard_positive_fraction):
+            score = hardness[ids].astype(np.float64) + 1e-3
+            chosen.append(int(rng.choice(ids, p=score / score.sum())))
         elif not negative and config.small_object_power > 0:
             score = np.maximum(pool.object_px[ids].astype(np.float64), 1.0) ** (
                 -config.small_object_power)
@@ -394,6 +406,21 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         else:
             chosen.append(int(rng.choice(ids)))
     return np.asarray(chosen, np.int64)
+
+
+def miss_scores(logits, truth, near):
+    """Return (N,) float32 CPU tensor: 1 - p_sat * (1 - p_bg) per tile (see TrainConfig).
+
+    ``logits`` (N, P), ``truth`` (N, P) bool satellite pixels, ``near`` (N, P) bool pixels
+    near a satellite (not background). A tile without satellite pixels scores 1 - 0 = 1; one
+    without background far from the satellite has p_bg = 0.
+    """
+    import torch
+
+    low = torch.finfo(logits.dtype).min
+    satellite = torch.sigmoid(logits.masked_fill(~truth, low).amax(1))
+    background = torch.sigmoid(logits.masked_fill(near | truth, low).amax(1))
+    return (1 - satellite * (1 - background)).float().cpu()
 
 
 def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
@@ -818,7 +845,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     LOG.info('pool: %d tiles (%d positive); %d steps of %d; %d trainable parameters',
              len(pool.tiles), int(pool.positive.sum()), steps, config.batch_size, trainable)
 
-    hardness = np.ones(len(pool.tiles), np.float32)  # peak probability last seen per tile
+    # Per pool tile, what the model last did on it: a negative's peak probability, a
+    # positive's miss score (hard_positive_fraction); 1 = not seen yet.
+    hardness = np.ones(len(pool.tiles), np.float32)
     if config.stage == 'dense':
         # The mask decoder takes no part in stage 'dense': train the encoder and the head only.
         params = [p for p in model.vision_encoder.parameters() if p.requires_grad]
@@ -894,6 +923,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
 
         peaks = np.zeros(len(chosen), np.float32)
+        misses = np.ones(len(chosen), np.float32)
+        track_misses = config.hard_positive_fraction > 0
 
         def to_target(low_res):
             return torch.nn.functional.interpolate(
@@ -917,7 +948,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             value = 0.0
             # What the peak loss excludes around satellites, once for both losses (validate()
             # allows peak_weight > 0 with loss 'bce_dice' only).
-            near = satellite_surroundings(target[rows]) if config.peak_weight > 0 else None
+            near = (satellite_surroundings(target[rows])
+                    if config.peak_weight > 0 or track_misses else None)
             if low_res is not None:
                 logits = to_target(low_res)
                 value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
@@ -932,7 +964,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                     config.dense_weight * dense_loss)
                 if low_res is None:
                     logits = dense_logits
-            peaks[rows] = torch.sigmoid(logits.detach().flatten(1).amax(1)).cpu().numpy()
+            flat = logits.detach().flatten(1)
+            peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
+            if track_misses:
+                misses[rows] = miss_scores(flat, target[rows].flatten(1) > 0.5, near).numpy()
             accelerator.backward(value * backward_scale)
             return value.detach()
 
@@ -943,6 +978,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         optimizer.step()
         negative_rows = ~pool.positive[chosen]
         hardness[chosen[negative_rows]] = peaks[negative_rows]
+        if track_misses:
+            hardness[chosen[~negative_rows]] = misses[~negative_rows]
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
