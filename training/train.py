@@ -391,12 +391,10 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         size_index = rng.choice(len(weights), p=weights)
         in_size = ids[pool.size_index[ids] == size_index]
         ids = in_size if len(in_size) else ids
-        if (hardness is not None and negative
-                and rng.random() < config.hard_negative_fraction):
-            score = hardness[ids].astype(np.float64) + 1e-3
-            chosen.append(int(rng.choice(ids, p=score / score.sum())))
-        elif (hardness is not None and not negative and config.hard_positive_fraction > 0
-              and rng.random() < config.hard_positive_fraction):
+        hard = config.hard_negative_fraction if negative else config.hard_positive_fraction
+        # A negative row always draws its coin (as before hard positives existed); a positive
+        # one only when hard positives are on, so older runs keep their random streams.
+        if (hardness is not None and (negative or hard > 0) and rng.random() < hard):
             score = hardness[ids].astype(np.float64) + 1e-3
             chosen.append(int(rng.choice(ids, p=score / score.sum())))
         elif not negative and config.small_object_power > 0:
@@ -903,6 +901,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             os.fsync(stream.fileno())
         os.replace(tmp, out / ('%s.pt' % kind))
 
+    track_misses = config.hard_positive_fraction > 0  # positives' miss scores into hardness
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
                desc=config.name, dynamic_ncols=True)
     running = []
@@ -924,7 +923,6 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
 
         peaks = np.zeros(len(chosen), np.float32)
         misses = np.ones(len(chosen), np.float32)
-        track_misses = config.hard_positive_fraction > 0
 
         def to_target(low_res):
             return torch.nn.functional.interpolate(
