@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sat_seg_training.train import (build_pool, jittered_boxes, load_config, load_scenes,
-                                    miss_scores, read_checkpoint, sample_ids, Scene, train,
-                                    TrainConfig)
+from sat_seg_training.train import (augment, build_pool, jittered_boxes, load_config,
+                                    load_scenes, miss_scores, read_checkpoint, sample_ids, Scene,
+                                    train, TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,6 +149,24 @@ def test_hard_positive_fraction_draws_missed_satellites_more_often(tmp_path):
     assert abs(np.mean(weighted == 0) - (0.5 * 0.5 + 0.5 * 0.901 / 1.002)) < 0.03
     with pytest.raises(ValueError, match='hard_positive_fraction'):
         micro_config(tmp_path, hard_positive_fraction=1.5)
+
+
+def test_invert_probability_sets_the_share_of_negated_tiles_and_keeps_the_draws(tmp_path):
+    # Tiles of one grey level: after augmentation a tile is dark (kept) or light (inverted),
+    # whatever the gamma, contrast and noise drawn for it.
+    tiles = np.full((400, 8, 8), 30.0, np.float32)
+    masks = np.zeros((400, 8, 8), np.float32)
+    shares = {}
+    for probability in (0.0, 0.2, 1.0):
+        rng = np.random.default_rng(3)
+        out, _ = augment(tiles, masks, rng, probability)
+        shares[probability] = float(np.mean(out.mean(axis=(1, 2)) > 127.5))
+        shares[probability, 'next'] = rng.random()  # the generator's state after the batch
+    assert shares[0.0] == 0.0 and shares[1.0] == 1.0
+    assert 0.14 < shares[0.2] < 0.26
+    assert shares[0.0, 'next'] == shares[0.2, 'next'] == shares[1.0, 'next']
+    with pytest.raises(ValueError, match='invert_probability'):
+        micro_config(tmp_path, invert_probability=-0.1)
 
 
 def test_miss_scores_rank_dim_and_outshone_satellites_above_found_ones():

@@ -84,6 +84,9 @@ class TrainConfig:
     train_prompt: str = 'inference'  # 'inference' or 'bbox_jitter' (the report's)
     box_jitter: float = 0.1  # bbox_jitter: max shift of each side, as a fraction of box size
     augment: bool = True
+    # augment: share of tiles turned to their photographic negative (a satellite's panels and
+    # body may be darker or lighter than the ground; real photographs are rarely inverted)
+    invert_probability: float = 0.2
     crop_size: int = 128  # stage 'dense': square crops cut from the tiles
     # Share of a batch's negatives drawn by how strongly the model last fired on them (hard
     # negatives); the rest uniformly. 0 = all uniform.
@@ -150,7 +153,7 @@ class TrainConfig:
                 raise ValueError('deepen=true needs init_from (the shallower model) and a '
                                  'CNN-encoder architecture (one of %s), not %r'
                                  % (sorted(CNN_ARCHITECTURES), self.architecture))
-        for name in ('hard_negative_fraction', 'hard_positive_fraction'):
+        for name in ('hard_negative_fraction', 'hard_positive_fraction', 'invert_probability'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError('%s=%r must be in [0, 1]' % (name, getattr(self, name)))
         if self.stage == 'dense' and (self.crop_size < 32 or self.crop_size > self.tile_size
@@ -435,7 +438,7 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     tiles = tiles.astype(np.float32)
     masks = masks.astype(np.float32) / 255.0
     if config.augment:
-        tiles, masks = augment(tiles, masks, rng)
+        tiles, masks = augment(tiles, masks, rng, config.invert_probability)
     return tiles, masks, chosen
 
 
@@ -462,8 +465,12 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
     return out_tiles, out_masks
 
 
-def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
-    """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile)."""
+def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+            invert_probability: float = 0.2):
+    """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
+
+    The random draws do not depend on ``invert_probability`` (only what is done with them).
+    """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
     for index in range(len(tiles)):
@@ -473,7 +480,7 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
         if rng.random() < 0.5:
             tile, mask = tile[:, ::-1], mask[:, ::-1]
         tile = tile / 255.0
-        if rng.random() < 0.2:
+        if rng.random() < invert_probability:
             tile = 1.0 - tile
         tile = np.clip(tile, 0, 1) ** float(np.exp(rng.uniform(-0.4, 0.4)))
         mean = float(tile.mean())
