@@ -466,7 +466,7 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
 
 
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-            invert_probability: float = 0.2):
+            invert_probability: float):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
     The random draws do not depend on ``invert_probability`` (only what is done with them).
