@@ -247,6 +247,53 @@ def test_stride_4_parts_have_the_preset_shapes_and_grow_further():
     assert torch.equal(_outputs(finer, pixels), _outputs(both, pixels))
 
 
+def test_a_widened_model_computes_what_it_came_from_and_its_new_channels_learn():
+    import torch
+
+    from sat_seg_training.models import build_model, count_parameters, deepen, widen
+
+    model = _scrambled(build_model('test-cnn-fine', seed=1))
+    wide = build_model('test-cnn-wide').config.vision_config
+    wider = widen(model, wide.stage_channels, seed=3, stem_channels=wide.stem_channels,
+                  fuse_channels=wide.fuse_channels)
+    assert ({k: v.shape for k, v in wider.state_dict().items()}
+            == {k: v.shape for k, v in build_model('test-cnn-wide').state_dict().items()})
+    assert count_parameters(wider) > count_parameters(model)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    # Not bit for bit: a conv over more input channels sums in another order.
+    assert torch.allclose(_outputs(model, pixels), _outputs(wider, pixels), atol=1e-4)
+    # Widened, then deepened (as a grown checkpoint is), it still computes the same.
+    assert torch.allclose(_outputs(model, pixels), _outputs(deepen(wider, (1, 2, 2)), pixels),
+                          atol=1e-4)
+    model.train()
+    wider.train()
+    with torch.no_grad():
+        assert torch.allclose(model.vision_encoder(pixels).last_hidden_state,
+                              wider.vision_encoder(pixels).last_hidden_state, atol=1e-5)
+    # The zero weights by which old channels read new ones get gradients, so they move.
+    wider.vision_encoder(pixels).last_hidden_state.square().sum().backward()
+    for conv in (wider.vision_encoder.stages[1][0].conv1[0], wider.vision_encoder.lateral[2][0],
+                 wider.vision_encoder.fuse[0]):
+        assert conv.weight.grad.abs().sum() > 0
+    reader = wider.vision_encoder.lateral[2][0]  # 32 stride-32 channels, 16 of them new
+    assert reader.weight[:16, 16:].abs().sum() == 0
+    assert reader.weight.grad[:16, 16:].abs().sum() > 0
+
+
+def test_widen_refuses_narrowing_and_other_families():
+    from sat_seg_training.models import build_model, widen
+
+    model = build_model('test-cnn')
+    with pytest.raises(ValueError, match='widened, never narrowed'):
+        widen(model, (16, 8, 16))
+    with pytest.raises(ValueError, match='widened, never narrowed'):
+        widen(model, (16, 16))
+    with pytest.raises(ValueError, match='fuse_channels.*never narrowed'):
+        widen(model, (16, 16, 16), fuse_channels=8)
+    with pytest.raises(ValueError, match='only a CNN-encoder SAM'):
+        widen(build_model('test-micro'), (16, 16, 16))
+
+
 def test_deepen_refuses_cutting_blocks_and_other_families():
     from sat_seg_training.models import build_model, deepen
 
@@ -302,6 +349,21 @@ def test_training_continues_from_a_shallower_checkpoint_only_when_told_to_deepen
     train(finer, progress=False)
     vision = read_checkpoint(Path(finer.out_dir) / 'last.pt')['sam_config']['vision_config']
     assert vision['stem_blocks'] == 1 and vision['fine_lateral'] is True
+    # More channels as well (sat-cnn-fine-ctx -> sat-cnn-wide-ctx): refused by deepen alone,
+    # grown when told to widen too, and the grown model computes what the checkpoint's did.
+    wider = _cnn_config(tmp_path / 'wider', architecture='test-cnn-wide', deepen=True,
+                        init_from=str(checkpoint), steps=2, hard_negative_fraction=0.0,
+                        dense_weight=0.5)
+    with pytest.raises(ValueError, match="another architecture than 'test-cnn-wide'.*widen"):
+        load_initial_model(wider)
+    wider.widen = True
+    model, _ = load_initial_model(wider)
+    assert torch.allclose(_outputs(model.eval(), pixels),
+                          _outputs(model_from_checkpoint(read_checkpoint(checkpoint)).eval(),
+                                   pixels), atol=1e-4)
+    train(wider, progress=False)
+    vision = read_checkpoint(Path(wider.out_dir) / 'last.pt')['sam_config']['vision_config']
+    assert list(vision['stage_channels']) == [24, 24, 32] and vision['fine_lateral'] is True
 
 
 def test_dense_stage_needs_a_cnn_architecture(tmp_path):
@@ -309,6 +371,8 @@ def test_dense_stage_needs_a_cnn_architecture(tmp_path):
         _cnn_config(tmp_path, architecture='test-micro', stage='dense')
     with pytest.raises(ValueError, match='deepen=true needs init_from'):
         _cnn_config(tmp_path, architecture='test-cnn-deep', deepen=True)
+    with pytest.raises(ValueError, match='widen=true needs init_from'):
+        _cnn_config(tmp_path, architecture='test-cnn-wide', widen=True)
     with pytest.raises(ValueError, match="CNN-encoder architecture.*not 'test-micro'"):
         _cnn_config(tmp_path, architecture='test-micro', deepen=True, init_from='x.pt')
 

@@ -63,6 +63,9 @@ class TrainConfig:
     # init_from's CNN-encoder SAM may have fewer residual blocks per stage than architecture:
     # the missing ones are appended as identities (models.deepen), so training continues from it.
     deepen: bool = False
+    # ... or fewer encoder channels: they are added so that the model computes what it did
+    # (models.widen). Both may be set; the model is widened first.
+    widen: bool = False
     prompt_mode: str = 'box'  # the runtime prompt, written into sat_seg.json
     grid_points: int = 4
     freeze: List[str] = dataclasses.field(default_factory=list)  # SamModel parameter prefixes
@@ -148,11 +151,12 @@ class TrainConfig:
                                  '(one of %s), not %r' % (self.stage, self.dense_weight,
                                                           sorted(CNN_ARCHITECTURES),
                                                           self.architecture))
-        if self.deepen:
-            if self.architecture not in CNN_ARCHITECTURES or not self.init_from:
-                raise ValueError('deepen=true needs init_from (the shallower model) and a '
+        for name in ('deepen', 'widen'):
+            if getattr(self, name) and (self.architecture not in CNN_ARCHITECTURES
+                                        or not self.init_from):
+                raise ValueError('%s=true needs init_from (the smaller model) and a '
                                  'CNN-encoder architecture (one of %s), not %r'
-                                 % (sorted(CNN_ARCHITECTURES), self.architecture))
+                                 % (name, sorted(CNN_ARCHITECTURES), self.architecture))
         for name in ('hard_negative_fraction', 'hard_positive_fraction', 'invert_probability'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError('%s=%r must be in [0, 1]' % (name, getattr(self, name)))
@@ -522,11 +526,12 @@ def jittered_boxes(masks: np.ndarray, input_size: int, jitter: float,
 def load_initial_model(config: TrainConfig):
     """Return (model, dense head state or None) to train: fresh, from a folder or a checkpoint.
 
-    A checkpoint's model must be of the configured architecture (with ``deepen``, a shallower
-    one of it: see models.deepen): anything else is refused, not reshaped.
+    A checkpoint's model must be of the configured architecture (with ``deepen`` and / or
+    ``widen``, a shallower or narrower one of it: see models.deepen and models.widen):
+    anything else is refused, not reshaped.
     """
     from sat_seg_ros.modeling import load_sam_model
-    from sat_seg_training.models import build_model, deepen
+    from sat_seg_training.models import build_model, deepen, widen
 
     if not config.init_from:
         return build_model(config.architecture, seed=config.seed), None
@@ -537,6 +542,15 @@ def load_initial_model(config: TrainConfig):
         checkpoint = read_checkpoint(path)
         model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
     expected = build_model(config.architecture, seed=config.seed)
+    if config.widen and _shapes(model) != _shapes(expected):
+        try:
+            vision = expected.config.vision_config
+            model = widen(model, vision.stage_channels, seed=config.seed,
+                          stem_channels=vision.stem_channels,
+                          fuse_channels=vision.fuse_channels)
+        except ValueError as error:
+            raise ValueError('init_from=%s cannot widen into %r: %s'
+                             % (path, config.architecture, error)) from None
     if config.deepen and _shapes(model) != _shapes(expected):
         try:
             vision = expected.config.vision_config
@@ -547,7 +561,8 @@ def load_initial_model(config: TrainConfig):
                              % (path, config.architecture, error)) from None
     if _shapes(model) != _shapes(expected):
         raise ValueError('init_from=%s holds a %s model of another architecture than %r; set '
-                         "architecture to the checkpoint's or start from fresh weights"
+                         "architecture to the checkpoint's, start from fresh weights, or grow a "
+                         'smaller CNN-encoder SAM with deepen: true and / or widen: true'
                          % (path, model.config.model_type, config.architecture))
     return model, head
 
