@@ -276,21 +276,17 @@ def widen(model, stage_channels, seed: int = 0, stem_channels=None,
         raise ValueError('only a CNN-encoder SAM (%s) can be widened, not a %s'
                          % (MODEL_TYPE, getattr(model.config, 'model_type', type(model).__name__)))
     vision = model.config.vision_config
-    pairs = {'stage_channels': (list(vision.stage_channels), list(stage_channels)),
-             'stem_channels': (list(vision.stem_channels),
-                               list(vision.stem_channels if stem_channels is None
-                                    else stem_channels)),
-             'fuse_channels': ([vision.fuse_channels],
-                               [vision.fuse_channels if fuse_channels is None
-                                else fuse_channels])}
-    for name, (have, want) in pairs.items():
-        if len(want) != len(have) or any(int(w) < h for w, h in zip(want, have)):
+    config = CnnSamConfig.from_dict(model.config.to_dict())  # to_dict copies
+    wanted = {'stage_channels': stage_channels, 'stem_channels': stem_channels,
+              'fuse_channels': None if fuse_channels is None else [fuse_channels]}
+    for name, want in wanted.items():
+        have = getattr(vision, name)
+        have = [have] if isinstance(have, int) else list(have)
+        want = have if want is None else [int(c) for c in want]
+        if len(want) != len(have) or any(w < h for w, h in zip(want, have)):
             raise ValueError('%s=%s cannot come from %s: a model is widened, never narrowed'
                              % (name, want, have))
-    config = CnnSamConfig.from_dict(model.config.to_dict())  # to_dict copies
-    config.vision_config.stage_channels = [int(c) for c in pairs['stage_channels'][1]]
-    config.vision_config.stem_channels = [int(c) for c in pairs['stem_channels'][1]]
-    config.vision_config.fuse_channels = int(pairs['fuse_channels'][1][0])
+        setattr(config.vision_config, name, want[0] if name == 'fuse_channels' else want)
     torch.manual_seed(seed)
     wider = CnnSamModel(config)
     old = model.state_dict()

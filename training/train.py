@@ -542,23 +542,20 @@ def load_initial_model(config: TrainConfig):
         checkpoint = read_checkpoint(path)
         model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
     expected = build_model(config.architecture, seed=config.seed)
-    if config.widen and _shapes(model) != _shapes(expected):
-        try:
-            vision = expected.config.vision_config
-            model = widen(model, vision.stage_channels, seed=config.seed,
-                          stem_channels=vision.stem_channels,
-                          fuse_channels=vision.fuse_channels)
-        except ValueError as error:
-            raise ValueError('init_from=%s cannot widen into %r: %s'
-                             % (path, config.architecture, error)) from None
-    if config.deepen and _shapes(model) != _shapes(expected):
-        try:
-            vision = expected.config.vision_config
-            model = deepen(model, vision.stage_blocks, seed=config.seed,
-                           stem_blocks=vision.stem_blocks, fine_lateral=vision.fine_lateral)
-        except ValueError as error:
-            raise ValueError('init_from=%s cannot deepen into %r: %s'
-                             % (path, config.architecture, error)) from None
+    vision = expected.config.vision_config
+    growths = (('widen', lambda small: widen(small, vision.stage_channels, seed=config.seed,
+                                             stem_channels=vision.stem_channels,
+                                             fuse_channels=vision.fuse_channels)),
+               ('deepen', lambda small: deepen(small, vision.stage_blocks, seed=config.seed,
+                                               stem_blocks=vision.stem_blocks,
+                                               fine_lateral=vision.fine_lateral)))
+    for name, grow in growths:  # widened first: widen needs the blocks to match
+        if getattr(config, name) and _shapes(model) != _shapes(expected):
+            try:
+                model = grow(model)
+            except ValueError as error:
+                raise ValueError('init_from=%s cannot %s into %r: %s'
+                                 % (path, name, config.architecture, error)) from None
     if _shapes(model) != _shapes(expected):
         raise ValueError('init_from=%s holds a %s model of another architecture than %r; set '
                          "architecture to the checkpoint's, start from fresh weights, or grow a "
