@@ -48,7 +48,7 @@ class CnnEncoderConfig(PretrainedConfig):
                  stage_channels: Sequence[int] = (64, 96, 128),
                  stage_blocks: Sequence[int] = (2, 2, 2), fuse_channels: int = 64,
                  output_channels: int = 64, scale: float = 1.0, stem_blocks: int = 0,
-                 fine_lateral: bool = False, **kwargs) -> None:
+                 fine_lateral: bool = False, fuse_blocks: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         if image_size % 32:
             raise ValueError('image_size=%d must be a multiple of 32 (stride-32 stage)'
@@ -60,9 +60,11 @@ class CnnEncoderConfig(PretrainedConfig):
         self.stem_channels = [int(c) for c in stem_channels]
         self.stage_channels = [int(c) for c in stage_channels]
         self.stage_blocks = [int(b) for b in stage_blocks]
-        if isinstance(stem_blocks, bool) or not isinstance(stem_blocks, int) or stem_blocks < 0:
-            raise ValueError('stem_blocks=%r must be an integer >= 0' % (stem_blocks,))
+        for name, value in (('stem_blocks', stem_blocks), ('fuse_blocks', fuse_blocks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError('%s=%r must be an integer >= 0' % (name, value))
         self.stem_blocks = int(stem_blocks)
+        self.fuse_blocks = int(fuse_blocks)
         self.fine_lateral = bool(fine_lateral)
         self.fuse_channels = int(fuse_channels)
         self.output_channels = int(output_channels)
@@ -147,7 +149,9 @@ class CnnImageEncoder(nn.Module):
     added to the finer one's 1x1 projection), so the stride-8 embedding sees the context of the
     whole tile. With ``fine_lateral`` the stride-4 features also enter the fusion (a strided 3x3
     projection), so detail that the stride-8 stage averages away, a small satellite's, reaches
-    the embedding directly. Returns a ``SamVisionEncoderOutput`` like SAM's ViT.
+    the embedding directly. ``fuse_blocks`` residual blocks after the fusion mix the scales
+    non-linearly (without them, one 3x3 conv follows their linear sum). Returns a
+    ``SamVisionEncoderOutput`` like SAM's ViT.
     """
 
     def __init__(self, config: CnnEncoderConfig) -> None:
@@ -171,6 +175,8 @@ class CnnImageEncoder(nn.Module):
         self.fine_lateral = (ConvNormAct(c1, fuse, 3, 2, act=False) if config.fine_lateral
                              else None)
         self.fuse = ConvNormAct(fuse, fuse, 3)
+        self.fuse_blocks = nn.Sequential(*(ResidualBlock(fuse, fuse)
+                                           for _ in range(config.fuse_blocks)))
         self.neck = nn.Conv2d(fuse, config.output_channels, 1)
 
     def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
@@ -185,7 +191,8 @@ class CnnImageEncoder(nn.Module):
             fused = fused + self.lateral[level](features[level])
         if self.fine_lateral is not None:
             fused = fused + self.fine_lateral(fine)
-        return SamVisionEncoderOutput(last_hidden_state=self.neck(self.fuse(fused)))
+        return SamVisionEncoderOutput(
+            last_hidden_state=self.neck(self.fuse_blocks(self.fuse(fused))))
 
 
 class CnnSamPreTrainedModel(PreTrainedModel):
@@ -300,7 +307,8 @@ def load_sam_model(model_dir: os.PathLike | str):
 def build_cnn_sam(seed: int = 0, image_size: int = 256, stem_channels=(24, 32),
                   stage_channels=(64, 96, 128), stage_blocks=(2, 2, 2), fuse_channels: int = 64,
                   hidden: int = 64, decoder_mlp: int = 256, decoder_heads: int = 4,
-                  stem_blocks: int = 0, fine_lateral: bool = False) -> CnnSamModel:
+                  stem_blocks: int = 0, fine_lateral: bool = False,
+                  fuse_blocks: int = 0) -> CnnSamModel:
     """Return a freshly initialised CnnSamModel (deterministic in ``seed``)."""
     torch.manual_seed(seed)
     config = CnnSamConfig(
@@ -308,7 +316,7 @@ def build_cnn_sam(seed: int = 0, image_size: int = 256, stem_channels=(24, 32),
                        'stage_channels': list(stage_channels),
                        'stage_blocks': list(stage_blocks), 'fuse_channels': fuse_channels,
                        'output_channels': hidden, 'stem_blocks': stem_blocks,
-                       'fine_lateral': fine_lateral},
+                       'fine_lateral': fine_lateral, 'fuse_blocks': fuse_blocks},
         mask_decoder_config={'mlp_dim': decoder_mlp, 'num_attention_heads': decoder_heads,
                              'iou_head_hidden_dim': hidden})
     return CnnSamModel(config).eval()

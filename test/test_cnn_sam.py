@@ -201,6 +201,8 @@ GROWTHS = {
                lambda encoder: [encoder.stages[2][2].conv2[1], encoder.stages[0][1].conv2[1]]),
     'stride 4': ({'stage_blocks': (1, 1, 1), 'stem_blocks': 1, 'fine_lateral': True},
                  lambda encoder: [encoder.stem_blocks[0].conv2[1], encoder.fine_lateral[1]]),
+    'after the fusion': ({'stage_blocks': (1, 1, 1), 'fuse_blocks': 2},
+                         lambda encoder: [block.conv2[1] for block in encoder.fuse_blocks]),
 }
 
 
@@ -216,8 +218,10 @@ def test_a_deepened_model_computes_exactly_what_it_came_from(growth):
     vision = deeper.config.vision_config
     assert list(vision.stage_blocks) == list(kwargs['stage_blocks'])
     assert [len(stage) for stage in deeper.vision_encoder.stages] == list(kwargs['stage_blocks'])
-    assert (vision.stem_blocks, vision.fine_lateral) == (kwargs.get('stem_blocks', 0),
-                                                         kwargs.get('fine_lateral', False))
+    assert ((vision.stem_blocks, vision.fine_lateral, vision.fuse_blocks)
+            == (kwargs.get('stem_blocks', 0), kwargs.get('fine_lateral', False),
+                kwargs.get('fuse_blocks', 0)))
+    assert len(deeper.vision_encoder.fuse_blocks) == vision.fuse_blocks
     assert count_parameters(deeper) > count_parameters(model)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_outputs(model, pixels), _outputs(deeper, pixels))
@@ -245,6 +249,37 @@ def test_stride_4_parts_have_the_preset_shapes_and_grow_further():
     assert both.config.vision_config.stem_blocks == 1 and both.config.vision_config.fine_lateral
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert torch.equal(_outputs(finer, pixels), _outputs(both, pixels))
+
+
+def test_blocks_after_the_fusion_have_the_preset_shapes_and_survive_save_and_widen(tmp_path):
+    import torch
+
+    from sat_seg_ros.modeling import load_sam_model
+    from sat_seg_training.models import build_model, deepen, widen
+
+    fine = _scrambled(build_model('test-cnn-fine', seed=1))
+    mixed = deepen(fine, (1, 1, 1), fuse_blocks=2)
+    assert ({k: v.shape for k, v in mixed.state_dict().items()}
+            == {k: v.shape for k, v in build_model('test-cnn-mix').state_dict().items()})
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    mixed = _scrambled(mixed)  # the new blocks no longer identities
+    assert not torch.equal(_outputs(fine, pixels), _outputs(mixed, pixels))
+    mixed.save_pretrained(tmp_path / 'mixed')
+    loaded = load_sam_model(tmp_path / 'mixed')
+    assert loaded.config.vision_config.fuse_blocks == 2
+    assert torch.equal(_outputs(mixed, pixels), _outputs(loaded, pixels))
+    # widen grows the blocks after the fusion with the fusion's width, computing the same.
+    wider = widen(mixed, (24, 24, 32), fuse_channels=24)
+    assert wider.vision_encoder.fuse_blocks[1].conv2[0].weight.shape[:2] == (24, 24)
+    assert torch.allclose(_outputs(mixed, pixels), _outputs(wider, pixels), atol=1e-4)
+
+
+@pytest.mark.parametrize('value', [-1, 1.5, True, '1'])
+def test_the_encoder_config_refuses_a_bad_block_count(value):
+    from sat_seg_ros.modeling import CnnEncoderConfig
+
+    with pytest.raises(ValueError, match='fuse_blocks=.*integer >= 0'):
+        CnnEncoderConfig(fuse_blocks=value)
 
 
 def test_a_widened_model_computes_what_it_came_from_and_its_new_channels_learn():
@@ -307,6 +342,8 @@ def test_deepen_refuses_cutting_blocks_and_other_families():
         deepen(finer, (1, 1, 1), stem_blocks=0)
     with pytest.raises(ValueError, match='fine_lateral=False.*never cut'):
         deepen(finer, (1, 1, 1), fine_lateral=False)
+    with pytest.raises(ValueError, match='fuse_blocks=0.*never cut'):
+        deepen(deepen(finer, (1, 1, 1), fuse_blocks=1), (1, 1, 1), fuse_blocks=0)
     with pytest.raises(ValueError, match='only a CNN-encoder SAM'):
         deepen(build_model('test-micro'), (1, 2, 2))
 

@@ -548,7 +548,8 @@ def load_initial_model(config: TrainConfig):
                                              fuse_channels=vision.fuse_channels)),
                ('deepen', lambda small: deepen(small, vision.stage_blocks, seed=config.seed,
                                                stem_blocks=vision.stem_blocks,
-                                               fine_lateral=vision.fine_lateral)))
+                                               fine_lateral=vision.fine_lateral,
+                                               fuse_blocks=vision.fuse_blocks)))
     for name, grow in growths:  # widened first: widen needs the blocks to match
         if getattr(config, name) and _shapes(model) != _shapes(expected):
             try:
