@@ -117,11 +117,16 @@ def test_einsum_becomes_matmul():
                                    atol=1e-5)
 
 
-def test_export_command(tiny_model_dir, tmp_path, capsys):
+def test_export_command(tiny_model_dir, tmp_path, capsys, caplog):
     from sat_seg_ros.cli import main
 
+    caplog.set_level('INFO', logger=export.LOG.name)
     assert main(['export', '--model', str(tiny_model_dir), '--out', str(tmp_path),
                  '--prompt-mode', 'box', '--static-batch', '0', '--no-verify']) == 0
+    # Without the comparison the log says so, rather than a difference of None.
+    assert any(message.startswith('wrote %s (' % (tmp_path / 'sat_seg_s256_box_dyn.onnx'))
+               and message.endswith('nodes, not compared with torch)')
+               for message in caplog.messages)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed['path'] == str(tmp_path / 'sat_seg_s256_box_dyn.onnx')
     assert [path.name for path in tmp_path.glob('*.onnx')] == ['sat_seg_s256_box_dyn.onnx']

@@ -624,8 +624,9 @@ def export_model(model_dir: os.PathLike | str, out_dir: Optional[os.PathLike | s
         LOG.info('wrote %s', out / name)
     for (path, data), item in zip(graphs, summary):
         atomic_write_bytes(path, data)
-        LOG.info('wrote %s (%d nodes, max |onnx - torch| = %s)', path, item['nodes'],
-                 item['max_abs_diff'])
+        LOG.info('wrote %s (%d nodes, %s)', path, item['nodes'],
+                 'not compared with torch' if item['max_abs_diff'] is None
+                 else 'max |onnx - torch| = %.3g' % item['max_abs_diff'])
     return summary
 
 
