@@ -86,28 +86,6 @@ CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
                          'stage_blocks': (2, 2, 3), 'fuse_channels': 64, 'hidden': 64,
                          'decoder_mlp': 256, 'decoder_heads': 4, 'stem_blocks': 1,
                          'fine_lateral': True},
-    # sat-cnn-fine-ctx with its three stages half as wide again (96, 144, 192 channels): the
-    # fine-ctx family fits its training scenes no better than fresh ones after some 60,000
-    # steps, and three added blocks at its width (sat-cnn-deep, -deep8, -fine-ctx) tied it, so
-    # this adds capacity across channels instead. 3.23 M parameters (12.9 MB fp32), 1.61 GFLOP
-    # per 256 tile (encoder 1.55; torch flop counter). A sat-cnn-fine-ctx checkpoint widens
-    # into it exactly (``widen``).
-    'sat-cnn-wide-ctx': {'stem_channels': (24, 32), 'stage_channels': (96, 144, 192),
-                         'stage_blocks': (2, 2, 3), 'fuse_channels': 64, 'hidden': 64,
-                         'decoder_mlp': 256, 'decoder_heads': 4, 'stem_blocks': 1,
-                         'fine_lateral': True},
-    # sat-cnn-fine-ctx with a residual block after the fusion, at stride 8 and the fusion's
-    # 64 channels. The scales meet in a linear sum followed by one 3x3 conv, and SAM's mask
-    # decoder adds no per-pixel non-linearity to the image embedding (only attention to the
-    # prompt tokens), so whatever depth the stages have, the stride-8 detail and the stride-32
-    # context are combined almost linearly; stages deepened or widened before the fusion
-    # (sat-cnn-deep, -deep8, -fine-ctx, -wide-ctx) all tied. 1.68 M parameters (6.7 MB fp32),
-    # 1.11 GFLOP per 256 tile (torch flop counter; the block adds 0.15). A
-    # sat-cnn-fine-ctx checkpoint deepens into it exactly.
-    'sat-cnn-mix-ctx': {'stem_channels': (24, 32), 'stage_channels': (64, 96, 128),
-                        'stage_blocks': (2, 2, 3), 'fuse_channels': 64, 'hidden': 64,
-                        'decoder_mlp': 256, 'decoder_heads': 4, 'stem_blocks': 1,
-                        'fine_lateral': True, 'fuse_blocks': 1},
     # For tests: tens of thousands of parameters, a 64 input, milliseconds per step.
     'test-cnn': {'image_size': 64, 'stem_channels': (8, 8), 'stage_channels': (16, 16, 16),
                  'stage_blocks': (1, 1, 1), 'fuse_channels': 16, 'hidden': 16,
@@ -133,6 +111,24 @@ CNN_ARCHITECTURES: Dict[str, Dict[str, Any]] = {
                       'decoder_mlp': 32, 'decoder_heads': 2, 'stem_blocks': 1,
                       'fine_lateral': True},
 }
+# Variants of sat-cnn-fine-ctx, the bundled model's architecture (each differs in one part).
+# sat-cnn-fine-ctx with its three stages half as wide again (96, 144, 192 channels): the
+# fine-ctx family fits its training scenes no better than fresh ones after some 60,000
+# steps, and three added blocks at its width (sat-cnn-deep, -deep8, -fine-ctx) tied it, so
+# this adds capacity across channels instead. 3.23 M parameters (12.9 MB fp32), 1.61 GFLOP
+# per 256 tile (encoder 1.55; torch flop counter). A sat-cnn-fine-ctx checkpoint widens
+# into it exactly (``widen``).
+CNN_ARCHITECTURES['sat-cnn-wide-ctx'] = dict(CNN_ARCHITECTURES['sat-cnn-fine-ctx'],
+                                             stage_channels=(96, 144, 192))
+# sat-cnn-fine-ctx with a residual block after the fusion, at stride 8 and the fusion's
+# 64 channels. The scales meet in a linear sum followed by one 3x3 conv, and SAM's mask
+# decoder adds no per-pixel non-linearity to the image embedding (only attention to the
+# prompt tokens), so whatever depth the stages have, the stride-8 detail and the stride-32
+# context are combined almost linearly; stages deepened or widened before the fusion
+# (sat-cnn-deep, -deep8, -fine-ctx, -wide-ctx) all tied. 1.68 M parameters (6.7 MB fp32),
+# 1.11 GFLOP per 256 tile (torch flop counter; the block adds 0.15). A
+# sat-cnn-fine-ctx checkpoint deepens into it exactly. Stage 13 on it tied stage 10.
+CNN_ARCHITECTURES['sat-cnn-mix-ctx'] = dict(CNN_ARCHITECTURES['sat-cnn-fine-ctx'], fuse_blocks=1)
 ARCHITECTURES.update(CNN_ARCHITECTURES)
 
 
