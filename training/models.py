@@ -233,21 +233,21 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     if len(want) != len(have) or any(w < h for w, h in zip(want, have)):
         raise ValueError('stage_blocks=%s cannot come from %s: a model is deepened, never cut'
                          % (want, have))
-    stem_have = vision.stem_blocks
-    stem_want = stem_have if stem_blocks is None else int(stem_blocks)
-    fuse_have = vision.fuse_blocks
-    fuse_want = fuse_have if fuse_blocks is None else int(fuse_blocks)
+    # The encoder's single runs of blocks (after the stem, after the fusion): name -> (have, want).
+    runs = {name: (getattr(vision, name), getattr(vision, name) if value is None else int(value))
+            for name, value in (('stem_blocks', stem_blocks), ('fuse_blocks', fuse_blocks))}
     lateral_want = vision.fine_lateral if fine_lateral is None else bool(fine_lateral)
-    if (stem_want < stem_have or fuse_want < fuse_have
-            or (vision.fine_lateral and not lateral_want)):
-        raise ValueError('stem_blocks=%d, fuse_blocks=%d, fine_lateral=%s cannot come from '
-                         'stem_blocks=%d, fuse_blocks=%d, fine_lateral=%s: a model is '
-                         'deepened, never cut' % (stem_want, fuse_want, lateral_want, stem_have,
-                                                  fuse_have, vision.fine_lateral))
+    if any(w < h for h, w in runs.values()) or (vision.fine_lateral and not lateral_want):
+        raise ValueError('%s, fine_lateral=%s cannot come from %s, fine_lateral=%s: a model is '
+                         'deepened, never cut'
+                         % (', '.join('%s=%d' % (name, w) for name, (h, w) in runs.items()),
+                            lateral_want,
+                            ', '.join('%s=%d' % (name, h) for name, (h, w) in runs.items()),
+                            vision.fine_lateral))
     config = CnnSamConfig.from_dict(model.config.to_dict())  # to_dict copies
     config.vision_config.stage_blocks = want
-    config.vision_config.stem_blocks = stem_want
-    config.vision_config.fuse_blocks = fuse_want
+    for name, (_, w) in runs.items():
+        setattr(config.vision_config, name, w)
     config.vision_config.fine_lateral = lateral_want
     torch.manual_seed(seed)
     deeper = CnnSamModel(config)
@@ -258,10 +258,9 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     encoder = deeper.vision_encoder
     added = {'vision_encoder.stages.%d.%d' % (stage, block): encoder.stages[stage][block]
              for stage, (h, w) in enumerate(zip(have, want)) for block in range(h, w)}
-    added.update(('vision_encoder.stem_blocks.%d' % block, encoder.stem_blocks[block])
-                 for block in range(stem_have, stem_want))
-    added.update(('vision_encoder.fuse_blocks.%d' % block, encoder.fuse_blocks[block])
-                 for block in range(fuse_have, fuse_want))
+    for name, (h, w) in runs.items():
+        added.update(('vision_encoder.%s.%d' % (name, block), getattr(encoder, name)[block])
+                     for block in range(h, w))
     if lateral_want and not vision.fine_lateral:
         added['vision_encoder.fine_lateral'] = encoder.fine_lateral
     prefixes = tuple(name + '.' for name in added)
