@@ -2,8 +2,10 @@
 
 Each image is a grayscale 512 x 641 aerial scene (synth_terrain) with, for positives, exactly
 one satellite (synth_satellite) at a random attitude, size, position and contrast, then sensor
-effects (gamma, blur, noise, film grain, vignetting, JPEG). Image i depends only on (seed, i),
-so a set is reproducible and any image can be regenerated alone.
+effects (gamma, blur, noise, film grain, vignetting, JPEG). Image i depends only on (seed, i)
+and on whether it holds a satellite; which images do is a draw over all n (negative_indices),
+so a set is reproducible, any image can be regenerated alone, and the first images of a larger
+set of the same seed have the same backgrounds but not always the same satellites.
 
 The mask is the set of pixels at least half covered by the satellite, computed from the
 supersampled render before any blur; the bbox is the mask's tight box.

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', required=True, type=Path, help='output dataset folder')
     parser.add_argument('--n', type=int, required=True, help='number of images')
     parser.add_argument('--seed', type=int, default=0,
-                        help='random seed; image i depends only on (seed, i) (default 0)')
+                        help='random seed; image i depends only on (seed, n, i) (default 0)')
     parser.add_argument('--neg-frac', type=float, default=0.2,
                         help='fraction of images without a satellite (default 0.2)')
     parser.add_argument('--workers', type=int, default=1,
