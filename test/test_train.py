@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sat_seg_training.train import (augment, build_pool, jittered_boxes, load_config,
-                                    load_scenes, miss_scores, read_checkpoint, sample_ids, Scene,
-                                    train, TrainConfig)
+from sat_seg_training.train import (_concatenate_consuming, augment, build_pool, iter_scenes,
+                                    jittered_boxes, load_config, load_scenes, miss_scores,
+                                    pool_digest, read_checkpoint, sample_ids, Scene, train,
+                                    TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +111,37 @@ def test_pool_keeps_positives_and_some_negatives(tmp_path):
     assert pool.positive.sum() >= positives_expected
     assert (~pool.positive).sum() <= len(scenes)
     assert all(pool.masks[i].max() >= 128 for i in np.flatnonzero(pool.positive))
+
+
+def test_pool_from_a_scene_iterator_equals_the_pool_from_a_list(tmp_path):
+    # A large training set is streamed (iter_scenes) and its tiles concatenated without a second
+    # copy; the pool must be what the list of scenes gives, tile for tile.
+    config = micro_config(tmp_path, negatives_per_scene=1)
+    scenes = load_scenes('shapes', 6, seed=2)
+    listed = build_pool(scenes, config, seed=0)
+    streamed = build_pool(iter_scenes('shapes', 6, seed=2), config, seed=0)
+    assert pool_digest(listed) == pool_digest(streamed)
+    assert np.array_equal(listed.object_px, streamed.object_px)
+    parts = [np.arange(6).reshape(2, 3), np.arange(3).reshape(1, 3) + 10]
+    expected = np.concatenate(parts)
+    joined = _concatenate_consuming(parts)
+    assert np.array_equal(joined, expected) and joined.dtype == expected.dtype and parts == []
+    with pytest.raises(ValueError, match='no training scenes'):
+        build_pool(iter(()), config, seed=0)
+
+
+def test_a_training_set_with_a_box_but_no_mask_is_refused_before_it_is_read(tmp_path):
+    from sat_seg_training.dataset import DatasetWriter
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / 'data') as writer:
+        writer.add('a.png', rng.integers(0, 255, (48, 64), dtype=np.uint8),
+                   mask=np.zeros((48, 64), bool))
+        writer.add('c.png', rng.integers(0, 255, (48, 64), dtype=np.uint8),
+                   bbox_xywh=(1, 2, 3, 4))
+    scenes = iter_scenes(str(tmp_path / 'data'), 0, seed=0)
+    with pytest.raises(ValueError, match='c.png has a bbox but no mask'):
+        next(scenes)
 
 
 def test_small_object_power_draws_small_satellites_more_often(tmp_path):

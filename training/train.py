@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 import platform
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -244,28 +244,34 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
 
 def load_scenes(source: str, count: int, seed: int) -> List[Scene]:
     """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder."""
+    return list(iter_scenes(source, count, seed))
+
+
+def iter_scenes(source: str, count: int, seed: int) -> Iterator[Scene]:
+    """Yield load_scenes' scenes one at a time (a large training set is never all in memory).
+
+    A dataset record with a bbox but no mask is refused before any image is read.
+    """
     if source == 'shapes':
         from sat_seg_training.shapes import make_scene
 
         rng = np.random.default_rng(seed)
-        scenes = []
         for index in range(count):
             image, mask = make_scene(rng, positive=index % 5 != 4)
-            scenes.append(Scene(image, mask))
-        return scenes
+            yield Scene(image, mask)
+        return
     from sat_seg_training.dataset import load_dataset
 
     dataset = load_dataset(source)
     records = list(dataset)[:count] if count > 0 else list(dataset)
-    scenes = []
     for record in records:
-        image = _gray_uint8(record.read_image())
-        mask = record.read_mask() if record.positive else None
-        if record.positive and mask is None:
+        if record.positive and record.mask_path is None:
             raise ValueError('%s has a bbox but no mask; training needs masks (run sat-seg label '
                              'first)' % record.file_name)
-        scenes.append(Scene(image, mask if mask is not None else np.zeros(image.shape, bool)))
-    return scenes
+    for record in records:
+        image = _gray_uint8(record.read_image())
+        mask = record.read_mask() if record.positive else np.zeros(image.shape, bool)
+        yield Scene(image, mask)
 
 
 @dataclasses.dataclass
@@ -334,11 +340,23 @@ def _set_mmap_threshold(size: int) -> None:
         pass
 
 
-def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TilePool:
+def _concatenate_consuming(parts: List[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, emptying ``parts`` as it copies, so the peak is one copy."""
+    out = np.empty((sum(len(part) for part in parts),) + parts[0].shape[1:], parts[0].dtype)
+    start = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        out[start:start + len(part)] = part
+        start += len(part)
+    return out
+
+
+def build_pool(scenes: Iterable[Scene], config: TrainConfig, seed: int) -> TilePool:
     """Cut every scene at each model size like the Segmenter and return the tile pool.
 
     All tiles with satellite pixels are kept, and up to ``negatives_per_scene`` empty ones per
-    scene and size.
+    scene and size. ``scenes`` may be an iterator (``iter_scenes``): only the tiles are kept.
     """
     rng = np.random.default_rng(seed)
     tiles, masks, sizes, positive, object_px = [], [], [], [], []
@@ -360,8 +378,10 @@ def build_pool(scenes: Sequence[Scene], config: TrainConfig, seed: int) -> TileP
             sizes.append(np.full(len(keep), size_index))
             positive.append(is_pos[keep])
             object_px.append(np.full(len(keep), float(mask.sum()), np.float32))
-    return TilePool(np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
-                    np.concatenate(positive), np.concatenate(object_px))
+    if not tiles:
+        raise ValueError('no training scenes: the data folder holds no images')
+    return TilePool(_concatenate_consuming(tiles), _concatenate_consuming(masks),
+                    np.concatenate(sizes), np.concatenate(positive), np.concatenate(object_px))
 
 
 def pool_digest(pool: TilePool) -> str:
@@ -850,7 +870,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     trainable = apply_freeze(model, config.freeze)
 
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
-    pool = build_pool(load_scenes(config.data, config.scenes, config.seed), config, config.seed)
+    pool = build_pool(iter_scenes(config.data, config.scenes, config.seed), config, config.seed)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000)
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
     data_digest = pool_digest(pool)
