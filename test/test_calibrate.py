@@ -233,3 +233,31 @@ def test_calibrate_command_parses_seed_thresholds():
     for bad in ('1.5', 'often', ','):
         with pytest.raises(SystemExit):
             parser.parse_args(['--model', 'm', '--dataset', 'd', '--seed-thresholds', bad])
+
+
+def test_calibrate_dry_run_writes_nothing_into_the_model_folder(tiny_model_dir, tmp_path, capsys):
+    import argparse
+    import shutil
+
+    from sat_seg_training.commands.calibrate import add_arguments, run
+    from sat_seg_training.dataset import DatasetWriter
+
+    model = tmp_path / 'model'
+    shutil.copytree(tiny_model_dir, model)
+    rng = np.random.default_rng(1)
+    with DatasetWriter(tmp_path / 'val') as writer:
+        mask = np.zeros((300, 280), bool)
+        mask[100:140, 100:150] = True
+        writer.add('a.png', rng.integers(0, 255, (300, 280), dtype=np.uint8), mask=mask)
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ['--model', str(model), '--dataset', str(tmp_path / 'val'), '--size', '256',
+            '--seed-thresholds', 'none']
+    assert run(parser.parse_args(base + ['--dry-run'])) == 0
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before
+    assert 'plot:' not in capsys.readouterr().out
+    # An explicit --plot is still honoured by a dry run, and the model folder stays untouched.
+    assert run(parser.parse_args(base + ['--dry-run', '--plot', str(tmp_path / 's.png')])) == 0
+    assert (tmp_path / 's.png').stat().st_size > 1000
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before

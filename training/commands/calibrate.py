@@ -54,15 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                  map(seed_label, DEFAULT_SEED_THRESHOLDS)))
     parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
     parser.add_argument('--plot', type=Path, default=None,
-                        help='sweep plot PNG (default: MODEL/calibration.png)')
-    parser.add_argument('--dry-run', action='store_true', help='report only; do not write')
+                        help='sweep plot PNG (default: MODEL/calibration.png; with --dry-run, '
+                             'none unless given)')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='report only; write nothing into the model folder')
 
 
 def run(args: argparse.Namespace) -> int:
     """Sweep, print the table and the choice, write the threshold unless --dry-run."""
     from sat_seg_training.calibrate import calibrate
 
-    plot = args.plot or args.model / 'calibration.png'
+    # A dry run leaves the model folder untouched (it may be the installed package's).
+    plot = args.plot or (None if args.dry_run else args.model / 'calibration.png')
     options = segmenter_options(args)
     result = calibrate(args.model, args.dataset, options.pop('model_size'), limit=args.limit,
                        write=not args.dry_run, plot=plot,
@@ -92,5 +95,6 @@ def run(args: argparse.Namespace) -> int:
              result['max_detections'],
              result['images'], result['previous_threshold'],
              '' if args.dry_run else '; written to sat_seg.json (%s)' % result['written']))
-    print('plot: %s' % plot)
+    if plot is not None:
+        print('plot: %s' % plot)
     return 0
