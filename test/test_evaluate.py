@@ -114,3 +114,25 @@ def test_breakdown_by_satellite_size_and_background(tiny_model_dir, tmp_path):
             assert found['size_px'] == max(sides[name])
     assert 'background, satellite' in format_table(report, strata=True)
     assert 'background, satellite' not in format_table(report)  # the table alone by default
+
+
+def test_a_satellite_without_a_mask_is_refused_and_skipped_with_reasons(tmp_path):
+    # evaluate needs every satellite's mask for the IoU; the patch cutter skips such an image
+    # and says why; the record itself tells them apart.
+    from sat_seg_training import dataset, patches
+    from sat_seg_training.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / 'data') as writer:
+        writer.add('masked.png', rng.integers(0, 255, (48, 64), dtype=np.uint8),
+                   mask=np.pad(np.ones((8, 8), bool), ((10, 30), (10, 46))))
+        writer.add('boxed.png', rng.integers(0, 255, (48, 64), dtype=np.uint8),
+                   bbox_xywh=(1, 2, 3, 4))
+    records = {r.file_name: r for r in dataset.load_dataset(tmp_path / 'data')}
+    assert records['boxed.png'].missing_mask and not records['masked.png'].missing_mask
+    with pytest.raises(ValueError, match='satellites without masks'):
+        evaluate(tmp_path / 'data', sizes=(512,))
+    summary = patches.make_patches(dataset.load_dataset(tmp_path / 'data'), tmp_path / 'out',
+                                   sizes=(512,))
+    assert [s['file'] for s in summary['skipped']] == ['boxed.png']
+    assert 'sat-seg label' in summary['skipped'][0]['reason']

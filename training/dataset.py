@@ -58,6 +58,11 @@ class Record:
         """True when the image contains a satellite."""
         return self.bbox_xywh is not None
 
+    @property
+    def missing_mask(self) -> bool:
+        """True for an image with a satellite box but no mask (``sat-seg label`` makes one)."""
+        return self.positive and self.mask_path is None
+
     def read_image(self) -> np.ndarray:
         """Return the image array (HxW or HxWx3 as stored)."""
         return read_image(self.image_path)

@@ -138,7 +138,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
     records = list(dataset)[:limit] if limit > 0 else list(dataset)
     if not records:
         raise ValueError('dataset %s has no images' % dataset_dir)
-    if any(r.positive and r.mask_path is None for r in records):
+    if any(r.missing_mask for r in records):
         raise ValueError('dataset %s has satellites without masks; the IoU metric needs masks '
                          '(run sat-seg label first)' % dataset_dir)
     rows: List[Dict[str, Any]] = []

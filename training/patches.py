@@ -63,7 +63,7 @@ def make_patches(dataset: ds.Dataset, out, sizes: Sequence[int] = DEFAULT_SIZES,
     skipped = []
     for index, record in enumerate(dataset):
         split = assignment.get(record.file_name, 'unassigned') if assignment else 'all'
-        if record.positive and record.mask_path is None:
+        if record.missing_mask:
             skipped.append({'file': record.file_name, 'reason': 'positive image without a mask '
                             '(derive masks with `sat-seg label` first)'})
             continue
