@@ -130,6 +130,35 @@ def test_pool_from_a_scene_iterator_equals_the_pool_from_a_list(tmp_path):
         build_pool(iter(()), config, seed=0)
 
 
+def test_size_jitter_cuts_each_scene_at_its_own_scale(tmp_path):
+    # One 128 px scene with a 32x32 satellite, many times: without jitter every copy is cut
+    # alike (the satellite 1024 px in each); with jitter 1.5 the model size of each copy is
+    # drawn from [85, 192] (clipped to one 64 px tile), so the satellite's area varies within
+    # 1024 / 1.5^2 .. 1024 * 1.5^2 and the grid falls on it at other places.
+    mask = np.zeros((128, 128), bool)
+    mask[40:72, 40:72] = True
+    image = np.where(mask, 200, 60).astype(np.uint8)
+    scenes = [Scene(image, mask)] * 40
+    plain = build_pool(scenes, micro_config(tmp_path, negatives_per_scene=0), seed=0)
+    assert set(plain.object_px.tolist()) == {1024.0}
+    assert pool_digest(plain) == pool_digest(build_pool(
+        scenes, micro_config(tmp_path, negatives_per_scene=0, size_jitter=1.0), seed=0))
+    config = micro_config(tmp_path, negatives_per_scene=0, size_jitter=1.5)
+    jittered = build_pool(scenes, config, seed=0)
+    areas = np.unique(jittered.object_px)
+    assert len(areas) > 10
+    assert areas.min() >= 1024 / 1.5 ** 2 - 40 and areas.max() <= 1024 * 1.5 ** 2 + 60
+    assert areas.min() < 800 and areas.max() > 1400
+    assert jittered.tiles.shape[1:] == (64, 64) and (jittered.size_index == 0).all()
+    assert all(jittered.masks[i].max() >= 128 for i in np.flatnonzero(jittered.positive))
+    # The same seed draws the same pool; another seed another.
+    assert pool_digest(build_pool(scenes, config, seed=0)) == pool_digest(jittered)
+    assert pool_digest(build_pool(scenes, config, seed=1)) != pool_digest(jittered)
+    for bad in (0.9, 2.5):
+        with pytest.raises(ValueError, match='size_jitter'):
+            micro_config(tmp_path, size_jitter=bad)
+
+
 def test_a_training_set_with_a_box_but_no_mask_is_refused_before_it_is_read(tmp_path):
     from sat_seg_training.dataset import DatasetWriter
 

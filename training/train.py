@@ -76,6 +76,11 @@ class TrainConfig:
     val_scenes: int = 100
     model_sizes: List[int] = dataclasses.field(default_factory=lambda: [512])
     size_weights: List[float] = dataclasses.field(default_factory=lambda: [1.0])
+    # Each scene is cut at each model size times a factor drawn log-uniformly from
+    # [1 / size_jitter, size_jitter] (its own draw per scene and size; never below one tile):
+    # the satellites take every scale in between, and the tile grid falls on the scene at new
+    # places. 1 = off (the sizes exactly, as the Segmenter cuts them).
+    size_jitter: float = 1.0
     negatives_per_scene: int = 4  # empty tiles kept per scene and size (all positives kept)
     tile_size: int = 256
     positive_fraction: float = 0.5  # share of tiles with satellite pixels in a batch
@@ -182,6 +187,8 @@ class TrainConfig:
         if len(self.model_sizes) != len(self.size_weights) or not self.model_sizes:
             raise ValueError('model_sizes %s and size_weights %s must be non-empty and of equal '
                              'length' % (self.model_sizes, self.size_weights))
+        if not 1.0 <= self.size_jitter <= 2.0:
+            raise ValueError('size_jitter=%r must be in [1, 2] (1 = off)' % (self.size_jitter,))
         if not 0.0 <= self.positive_fraction <= 1.0:
             raise ValueError('positive_fraction=%r must be in [0, 1]' % self.positive_fraction)
         if not 0.0 <= self.small_object_power <= 2.0:
@@ -265,7 +272,7 @@ def iter_scenes(source: str, count: int, seed: int) -> Iterator[Scene]:
     dataset = load_dataset(source)
     records = list(dataset)[:count] if count > 0 else list(dataset)
     for record in records:
-        if record.positive and record.mask_path is None:
+        if record.missing_mask:
             raise ValueError('%s has a bbox but no mask; training needs masks (run sat-seg label '
                              'first)' % record.file_name)
     for record in records:
@@ -357,12 +364,21 @@ def build_pool(scenes: Iterable[Scene], config: TrainConfig, seed: int) -> TileP
 
     All tiles with satellite pixels are kept, and up to ``negatives_per_scene`` empty ones per
     scene and size. ``scenes`` may be an iterator (``iter_scenes``): only the tiles are kept.
+    With ``size_jitter`` > 1 each scene and size is cut at the size times a random factor (see
+    TrainConfig); its tiles keep the nominal size's index.
     """
     rng = np.random.default_rng(seed)
+    # Its own stream, so that jitter off leaves the pool exactly as before it existed.
+    jitter_rng = np.random.default_rng([seed, 1])
+    log_jitter = math.log(config.size_jitter)
     tiles, masks, sizes, positive, object_px = [], [], [], [], []
     t = config.tile_size
     for scene in scenes:
-        for size_index, size in enumerate(config.model_sizes):
+        for size_index, nominal in enumerate(config.model_sizes):
+            size = nominal
+            if log_jitter > 0:
+                factor = math.exp(jitter_rng.uniform(-log_jitter, log_jitter))
+                size = max(t, int(round(nominal * factor)))
             grid = TileGrid(size, size, t, 0)
             image = resize(scene.image, size, size)
             mask = resize(scene.mask.astype(np.float32), size, size)
