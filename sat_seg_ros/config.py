@@ -36,7 +36,7 @@ FLIPS = (1, 2, 4)
 #: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
 #: (``calibration`` is its record, like the top-level one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
-             'fuse_sizes', 'calibration')
+             'tile_overlap', 'fuse_sizes', 'calibration')
 
 
 @dataclasses.dataclass
@@ -203,8 +203,8 @@ def info_for_size(info: Dict[str, Any], model_size: int,
 
     Post-processing calibrated at one model size does not carry to another (probability maps
     of the same scene differ), so ``by_model_size[str(model_size)]`` overrides the top-level
-    threshold, seed threshold, smallest component, kept detections, flips and fuse_sizes when
-    present. The top-level ``fuse_sizes`` are fused with the model's own size only.
+    threshold, seed threshold, smallest component, kept detections, flips, tile overlap and
+    fuse_sizes when present. The top-level ``fuse_sizes`` are fused with the model's own size only.
     ``fuse_sizes`` (None: the model's, as just resolved) chooses the fusion; a fused mode's
     own entry (``by_model_size["512+1024"]``, what ``calibrate --fuse-sizes 1024`` writes)
     then overrides in turn.

@@ -202,6 +202,42 @@ def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses
         at_256.close()
 
 
+def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model_dir, tmp_path):
+    # Thresholds chosen on maps stitched from overlapping tiles hold for that overlap only, so
+    # calibrate writes the overlap beside them (as it writes flips) and the Segmenter that
+    # loads the folder runs with it; another model size's entry keeps its own.
+    import shutil
+
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.dataset import DatasetWriter
+
+    model = tmp_path / 'model'
+    shutil.copytree(tiny_model_dir, model)
+    (model / 'sat_seg.json').write_text(json.dumps({'prompt_mode': 'box', 'threshold': 0.65,
+                                                    'model_size': 256}))
+    rng = np.random.default_rng(0)
+    with DatasetWriter(tmp_path / 'val') as writer:
+        mask = np.zeros((300, 280), bool)
+        mask[100:140, 100:150] = True
+        writer.add('a.png', rng.integers(0, 255, (300, 280), dtype=np.uint8), mask=mask)
+    result = calibrate(model, tmp_path / 'val', model_size=256, thresholds=[0.3, 0.5],
+                       seed_thresholds=[None], tile_overlap=0)
+    assert result['tile_overlap'] == 0
+    calibrate(model, tmp_path / 'val', model_size=512, thresholds=[0.3, 0.5],
+              seed_thresholds=[None], tile_overlap=64)
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert info['tile_overlap'] == 0 == info['calibration']['tile_overlap']
+    entry = info['by_model_size']['512']
+    assert entry['tile_overlap'] == 64 == entry['calibration']['tile_overlap']
+    at_512, at_256 = Segmenter.from_model(model, model_size=512), Segmenter.from_model(model)
+    try:
+        assert at_512.config.tile_overlap == 64 and len(at_512.grid) == 9
+        assert at_256.config.tile_overlap == 0 and len(at_256.grid) == 1
+    finally:
+        at_512.close()
+        at_256.close()
+
+
 @pytest.mark.parametrize('sizes, message', [
     ([1024], 'must map model sizes'),
     ({'big': {'threshold': 0.5}}, 'is not a model size'),
