@@ -157,24 +157,35 @@ def test_calibrate_writes_threshold_and_plot(tiny_model_dir, tmp_path):
     both.close()
 
 
-def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses_it(
-        tiny_model_dir, tmp_path):
+def model_and_val(tiny_model_dir, tmp_path, info, empty_image=True):
+    """Return (model, validation set): the tiny model with ``info`` as its sat_seg.json.
+
+    The validation set holds one 300x280 image with a 40x50 satellite (and one empty image).
+    """
     import shutil
 
-    from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.dataset import DatasetWriter
 
     model = tmp_path / 'model'
     shutil.copytree(tiny_model_dir, model)
-    (model / 'sat_seg.json').write_text(json.dumps({'prompt_mode': 'box', 'threshold': 0.65,
-                                                    'seed_threshold': 0.99, 'model_size': 256,
-                                                    'min_area_px': 16}))
+    (model / 'sat_seg.json').write_text(json.dumps(info))
     rng = np.random.default_rng(0)
     with DatasetWriter(tmp_path / 'val') as writer:
         mask = np.zeros((300, 280), bool)
         mask[100:140, 100:150] = True
         writer.add('a.png', rng.integers(0, 255, (300, 280), dtype=np.uint8), mask=mask)
-        writer.add('b.png', rng.integers(0, 255, (300, 280), dtype=np.uint8))
+        if empty_image:
+            writer.add('b.png', rng.integers(0, 255, (300, 280), dtype=np.uint8))
+    return model, tmp_path / 'val'
+
+
+def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses_it(
+        tiny_model_dir, tmp_path):
+    from sat_seg_ros.segmenter import Segmenter
+
+    model, _ = model_and_val(tiny_model_dir, tmp_path, {
+        'prompt_mode': 'box', 'threshold': 0.65, 'seed_threshold': 0.99, 'model_size': 256,
+        'min_area_px': 16})
     result = calibrate(model, tmp_path / 'val', model_size=512, thresholds=[0.3, 0.5],
                        min_areas=[1, 5000], seed_thresholds=[None])
     info = json.loads((model / 'sat_seg.json').read_text())
@@ -206,20 +217,11 @@ def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model
     # Thresholds chosen on maps stitched from overlapping tiles hold for that overlap only, so
     # calibrate writes the overlap beside them (as it writes flips) and the Segmenter that
     # loads the folder runs with it; another model size's entry keeps its own.
-    import shutil
-
     from sat_seg_ros.segmenter import Segmenter
-    from sat_seg_training.dataset import DatasetWriter
 
-    model = tmp_path / 'model'
-    shutil.copytree(tiny_model_dir, model)
-    (model / 'sat_seg.json').write_text(json.dumps({'prompt_mode': 'box', 'threshold': 0.65,
-                                                    'model_size': 256}))
-    rng = np.random.default_rng(0)
-    with DatasetWriter(tmp_path / 'val') as writer:
-        mask = np.zeros((300, 280), bool)
-        mask[100:140, 100:150] = True
-        writer.add('a.png', rng.integers(0, 255, (300, 280), dtype=np.uint8), mask=mask)
+    model, _ = model_and_val(tiny_model_dir, tmp_path,
+                             {'prompt_mode': 'box', 'threshold': 0.65, 'model_size': 256},
+                             empty_image=False)
     result = calibrate(model, tmp_path / 'val', model_size=256, thresholds=[0.3, 0.5],
                        seed_thresholds=[None], tile_overlap=0)
     assert result['tile_overlap'] == 0
