@@ -183,10 +183,10 @@ def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses
         tiny_model_dir, tmp_path):
     from sat_seg_ros.segmenter import Segmenter
 
-    model, _ = model_and_val(tiny_model_dir, tmp_path, {
+    model, val = model_and_val(tiny_model_dir, tmp_path, {
         'prompt_mode': 'box', 'threshold': 0.65, 'seed_threshold': 0.99, 'model_size': 256,
         'min_area_px': 16})
-    result = calibrate(model, tmp_path / 'val', model_size=512, thresholds=[0.3, 0.5],
+    result = calibrate(model, val, model_size=512, thresholds=[0.3, 0.5],
                        min_areas=[1, 5000], seed_thresholds=[None])
     info = json.loads((model / 'sat_seg.json').read_text())
     assert result['written'] == 'by_model_size[512]'
@@ -219,13 +219,13 @@ def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model
     # loads the folder runs with it; another model size's entry keeps its own.
     from sat_seg_ros.segmenter import Segmenter
 
-    model, _ = model_and_val(tiny_model_dir, tmp_path,
-                             {'prompt_mode': 'box', 'threshold': 0.65, 'model_size': 256},
-                             empty_image=False)
-    result = calibrate(model, tmp_path / 'val', model_size=256, thresholds=[0.3, 0.5],
+    model, val = model_and_val(tiny_model_dir, tmp_path,
+                               {'prompt_mode': 'box', 'threshold': 0.65, 'model_size': 256},
+                               empty_image=False)
+    result = calibrate(model, val, model_size=256, thresholds=[0.3, 0.5],
                        seed_thresholds=[None], tile_overlap=0)
     assert result['tile_overlap'] == 0
-    calibrate(model, tmp_path / 'val', model_size=512, thresholds=[0.3, 0.5],
+    calibrate(model, val, model_size=512, thresholds=[0.3, 0.5],
               seed_thresholds=[None], tile_overlap=64)
     info = json.loads((model / 'sat_seg.json').read_text())
     assert info['tile_overlap'] == 0 == info['calibration']['tile_overlap']
