@@ -14,6 +14,10 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'models' / 'default'
 DEFAULT_THRESHOLD = 0.65
 MODEL_INFO_FILE = 'sat_seg.json'
 PROMPT_MODES = ('grid', 'box', 'none')
+#: How colour frames enter the model: 'rgb' as they are, 'luma' reduced to their Rec. 601
+#: luminance first (for a model trained on gray scenes, whose colour channels were always
+#: equal, so colour differences would reach it as features it never learnt).
+INPUT_COLORS = ('rgb', 'luma')
 
 #: Values used when a model directory has no ``sat_seg.json`` or leaves a key out.
 MODEL_INFO_DEFAULTS: Dict[str, Any] = {
@@ -22,6 +26,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'tile_overlap': 0,
     'prompt_mode': 'grid',
     'grid_points': 4,
+    'input_color': 'rgb',
     'threshold': DEFAULT_THRESHOLD,
     'seed_threshold': None,
     'min_area_px': 16,
@@ -36,15 +41,17 @@ FLIPS = (1, 2, 4)
 #: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
 #: (``calibration`` is its record, like the top-level one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
-             'tile_overlap', 'fuse_sizes', 'calibration')
+             'tile_overlap', 'fuse_sizes', 'input_color', 'calibration')
 
 
 @dataclasses.dataclass
 class SegmenterConfig:
     """How a frame is cut, run and turned into a mask.
 
-    ``None`` for ``threshold``, ``seed_threshold``, ``prompt_mode`` or ``grid_points`` means
-    "take the model's ``sat_seg.json`` value, else the package default". ``threshold`` draws
+    ``None`` for ``threshold``, ``seed_threshold``, ``prompt_mode``, ``grid_points`` or
+    ``input_color`` means "take the model's ``sat_seg.json`` value, else the package default".
+    ``input_color`` 'luma' turns colour frames into gray (Rec. 601 luminance) before resizing;
+    'rgb' keeps their channels. ``threshold`` draws
     the mask; a component of it counts only when its peak probability exceeds
     ``seed_threshold`` (hysteresis; the default None, or any value at or below ``threshold``,
     keeps every component). ``flips`` 2 also runs every tile mirrored left-right, 4 also
@@ -64,6 +71,7 @@ class SegmenterConfig:
     max_detections: int = 0  # keep the N highest-scoring components; 0 = all
     prompt_mode: Optional[str] = None
     grid_points: Optional[int] = None
+    input_color: Optional[str] = None
     flips: int = 1
     fuse_sizes: Tuple[int, ...] = ()
 
@@ -90,6 +98,8 @@ class SegmenterConfig:
             raise ValueError('prompt_mode=%r is not one of %s' % (self.prompt_mode, PROMPT_MODES))
         if self.grid_points is not None:
             _check_int(self, 'grid_points', minimum=1)
+        if self.input_color is not None and self.input_color not in INPUT_COLORS:
+            raise ValueError('input_color=%r is not one of %s' % (self.input_color, INPUT_COLORS))
         if isinstance(self.flips, bool) or self.flips not in FLIPS:
             raise ValueError('flips=%r is not one of %s (views averaged per tile)'
                              % (self.flips, FLIPS))
@@ -98,7 +108,8 @@ class SegmenterConfig:
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
         filled = dataclasses.replace(self)
-        for name in ('threshold', 'seed_threshold', 'prompt_mode', 'grid_points'):
+        for name in ('threshold', 'seed_threshold', 'prompt_mode', 'grid_points',
+                     'input_color'):
             if getattr(filled, name) is None:
                 setattr(filled, name, model_info.get(name, MODEL_INFO_DEFAULTS[name]))
         filled.validate()
@@ -203,8 +214,9 @@ def info_for_size(info: Dict[str, Any], model_size: int,
 
     Post-processing calibrated at one model size does not carry to another (probability maps
     of the same scene differ), so ``by_model_size[str(model_size)]`` overrides the top-level
-    threshold, seed threshold, smallest component, kept detections, flips, tile overlap and
-    fuse_sizes when present. The top-level ``fuse_sizes`` are fused with the model's own size only.
+    threshold, seed threshold, smallest component, kept detections, flips, tile overlap, input
+    colour and fuse_sizes when present. The top-level ``fuse_sizes`` are fused with the model's
+    own size only.
     ``fuse_sizes`` (None: the model's, as just resolved) chooses the fusion; a fused mode's
     own entry (``by_model_size["512+1024"]``, what ``calibrate --fuse-sizes 1024`` writes)
     then overrides in turn.

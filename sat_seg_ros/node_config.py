@@ -18,6 +18,7 @@ from sat_seg_ros.qos import RELIABILITY_MODES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
 PROMPT_MODES = ('', 'grid', 'box', 'none')
+INPUT_COLORS = ('', 'rgb', 'luma')
 NODE_NAME = 'sat_seg'
 CONFIG_FILE = Path(__file__).resolve().parent.parent / 'config' / 'sat_seg.yaml'
 
@@ -104,6 +105,10 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec('prompt_mode', '',
               "SAM prompt: 'grid', 'box' or 'none'; empty: the model's sat_seg.json value.",
               choices=PROMPT_MODES),
+    ParamSpec('input_color', '',
+              "Colour frames enter the model as 'rgb', or as their luminance ('luma', for a "
+              "model trained on gray scenes such as the bundled one); empty: the model's "
+              "sat_seg.json value ('rgb' when absent).", choices=INPUT_COLORS),
     ParamSpec('flips', 0,
               'Views of each tile averaged: 1, 2 (+ mirrored left-right) or 4 (+ upside down '
               "and both), at 1x / 2x / 4x the model time; 0: the model's sat_seg.json value "
@@ -211,6 +216,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'tile_overlap': unless(values['tile_overlap'], -1),
         'batch_size': values['batch_size'],
         'prompt_mode': unless(values['prompt_mode'], ''),
+        'input_color': unless(values['input_color'], ''),
         'threshold': unless(values['threshold'], 0.0),
         'seed_threshold': unless(values['seed_threshold'], 0.0),
         'min_area_px': unless(values['min_area_px'], -1),

@@ -19,7 +19,7 @@ from sat_seg_ros.backends import Backend, create_backend
 from sat_seg_ros.config import (check_threshold, info_for_size, load_model_info,
                                 resolve_model_dir, SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
-from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels
+from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_luma
 
 LOG = logging.getLogger(__name__)
 
@@ -124,12 +124,15 @@ class Segmenter:
 
         (N, t, t, 3) for colour frames, (N, t, t, 1) for gray ones: the backends replicate gray
         to SAM's three channels during normalisation, a third of the resizing and cutting work.
+        With ``input_color`` 'luma' colour frames become gray (their luminance) first.
         """
         check_frame(image)
         grid = self.grid if grid is None else grid
         pixels = to_float_pixels(image)
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             pixels = pixels[:, :, :3]
+        if pixels.ndim == 3 and pixels.shape[2] == 3 and self.config.input_color == 'luma':
+            pixels = to_luma(pixels)
         resized = resize(pixels, grid.height, grid.width)
         if resized.ndim == 2:
             resized = resized[:, :, None]

@@ -56,6 +56,17 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     return to_rgb(to_float_pixels(image))
 
 
+def to_luma(image: np.ndarray) -> np.ndarray:
+    """Return an HxWx3 RGB float32 frame as HxW Rec. 601 luminance (0.299 R + 0.587 G + 0.114 B).
+
+    The weights OpenCV's colour-to-gray conversion uses, which is how ``sat-seg synth`` turns
+    photographs into its gray scenes; HxW frames come back unchanged.
+    """
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(np.ascontiguousarray(image, np.float32), cv2.COLOR_RGB2GRAY)
+
+
 def resize(image: np.ndarray, height: int, width: int, interpolation: int = None) -> np.ndarray:
     """Resize HxW or HxWxC to (height, width): area averaging to shrink, else bilinear."""
     if image.shape[0] == height and image.shape[1] == width:

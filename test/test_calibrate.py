@@ -215,8 +215,8 @@ def test_calibrating_another_size_writes_that_sizes_entry_and_the_segmenter_uses
 
 def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model_dir, tmp_path):
     # Thresholds chosen on maps stitched from overlapping tiles hold for that overlap only, so
-    # calibrate writes the overlap beside them (as it writes flips) and the Segmenter that
-    # loads the folder runs with it; another model size's entry keeps its own.
+    # calibrate writes the overlap beside them (as it writes flips and the input colour) and
+    # the Segmenter that loads the folder runs with it; another model size's entry keeps its own.
     from sat_seg_ros.segmenter import Segmenter
 
     model, val = model_and_val(tiny_model_dir, tmp_path,
@@ -226,15 +226,18 @@ def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model
                        seed_thresholds=[None], tile_overlap=0)
     assert result['tile_overlap'] == 0
     calibrate(model, val, model_size=512, thresholds=[0.3, 0.5],
-              seed_thresholds=[None], tile_overlap=64)
+              seed_thresholds=[None], tile_overlap=64, input_color='luma')
     info = json.loads((model / 'sat_seg.json').read_text())
     assert info['tile_overlap'] == 0 == info['calibration']['tile_overlap']
+    assert info['input_color'] == 'rgb' == info['calibration']['input_color']
     entry = info['by_model_size']['512']
     assert entry['tile_overlap'] == 64 == entry['calibration']['tile_overlap']
+    assert entry['input_color'] == 'luma' == entry['calibration']['input_color']
     at_512, at_256 = Segmenter.from_model(model, model_size=512), Segmenter.from_model(model)
     try:
         assert at_512.config.tile_overlap == 64 and len(at_512.grid) == 9
         assert at_256.config.tile_overlap == 0 and len(at_256.grid) == 1
+        assert (at_512.config.input_color, at_256.config.input_color) == ('luma', 'rgb')
     finally:
         at_512.close()
         at_256.close()

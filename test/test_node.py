@@ -391,7 +391,11 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
-        'max_detections': None, 'flips': None, 'fuse_sizes': None}
+        'max_detections': None, 'flips': None, 'fuse_sizes': None, 'input_color': None}
+    with pytest.raises(ValueError, match="input_color='bgr'"):
+        node_config.check_value('input_color', 'bgr')
+    assert node_config.segmenter_arguments(
+        dict(node_config.defaults(), input_color='luma'))['input_color'] == 'luma'
     with pytest.raises(ValueError, match='flips=3'):
         node_config.check_value('flips', 3)
     assert node_config.segmenter_arguments(dict(node_config.defaults(), flips=4))['flips'] == 4

@@ -95,6 +95,7 @@ def test_min_area_and_threshold_change_at_run_time():
     ({'threshold': 1.5}, 'threshold'), ({'prompt_mode': 'points'}, 'prompt_mode'),
     ({'tile_overlap': 200}, 'tile_overlap'), ({'batch_size': 0}, 'batch_size'),
     ({'flips': 3}, 'flips'), ({'flips': True}, 'flips'), ({'fuse_sizes': 1024}, 'fuse_sizes'),
+    ({'input_color': 'bgr'}, 'input_color'),
     ({'fuse_sizes': [512]}, 'fuse_sizes'), ({'fuse_sizes': [1024, 1024]}, 'fuse_sizes'),
     ({'fuse_sizes': [100]}, 'tile_size'), ({'fuse_sizes': ['1024']}, 'fuse_sizes')])
 def test_bad_config_names_the_field(kwargs, field):
@@ -236,6 +237,57 @@ def test_flips_come_from_the_model_and_overrides_win(tmp_path):
     backend = BrightnessBackend()
     Segmenter(backend, SegmenterConfig(flips=4)).segment(scene())
     assert backend.batches == [16]  # four tiles, four views, one batch
+
+
+def test_luma_input_runs_colour_frames_as_their_luminance(cnn_model_dir, tmp_path):
+    """'luma' runs a colour frame as its Rec. 601 gray; 'rgb' lets its colour reach the model.
+
+    'luma' is what a model trained on gray scenes declares; with 'rgb' the colour differences
+    reach the model and change its output.
+    """
+    import shutil
+
+    import cv2
+
+    from sat_seg_ros.config import load_model_info, write_model_info
+
+    rng = np.random.default_rng(5)
+    colour = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)  # rounded to uint8, as a mono8 camera would
+    rgb = Segmenter.from_model(cnn_model_dir)
+    assert rgb.config.input_color == 'rgb'  # the package default: a user's SAM sees colour
+    luma_dir = tmp_path / 'luma'
+    shutil.copytree(cnn_model_dir, luma_dir)
+    write_model_info(luma_dir, dict(load_model_info(luma_dir), input_color='luma'))
+    luma = Segmenter.from_model(luma_dir)
+    assert luma.config.input_color == 'luma'
+    try:
+        tiles = luma.model_tiles(colour)
+        assert tiles.shape[-1] == 1  # one channel: resized and cut as a gray frame is
+        np.testing.assert_allclose(tiles, luma.model_tiles(gray), atol=0.51)  # gray was rounded
+        from_gray = luma.tile_logits(luma.model_tiles(gray))
+        luma_error = np.abs(luma.tile_logits(tiles) - from_gray).max()
+        rgb_error = np.abs(rgb.tile_logits(rgb.model_tiles(colour)) - from_gray).max()
+        assert rgb_error > 10 * luma_error  # the colour differences do reach an 'rgb' model
+        np.testing.assert_array_equal(rgb.probability(gray), luma.probability(gray))
+        assert Segmenter.from_model(luma_dir, input_color='rgb').config.input_color == 'rgb'
+    finally:
+        rgb.close()
+        luma.close()
+
+
+def test_to_luma_uses_the_rec601_weights():
+    from sat_seg_ros.tiling import to_luma
+
+    frame = np.zeros((2, 3, 3), np.float32)
+    frame[0, 0] = (255, 0, 0)
+    frame[0, 1] = (0, 255, 0)
+    frame[0, 2] = (0, 0, 255)
+    frame[1] = 100.0
+    np.testing.assert_allclose(to_luma(frame),
+                               [[76.245, 149.685, 29.07], [100, 100, 100]], atol=1e-3)
+    plain = np.ones((4, 5), np.float32)
+    assert to_luma(plain) is plain
 
 
 def test_fuse_sizes_average_the_maps_of_each_model_size(tiny_model_dir):

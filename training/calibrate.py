@@ -177,6 +177,7 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                    'max_detections': segmenter.config.max_detections,
                    'flips': segmenter.config.flips,
                    'tile_overlap': segmenter.config.tile_overlap,
+                   'input_color': segmenter.config.input_color,
                    'fuse_sizes': list(segmenter.config.fuse_sizes)})
     segmenter.close()
     if plot is not None:
@@ -191,12 +192,14 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
             'min_area_px': result['min_area_px'],
             'flips': result['flips'],  # the maps were averaged over these views
             'tile_overlap': result['tile_overlap'],  # ... stitched from tiles this far apart
+            'input_color': result['input_color'],  # ... from frames that entered the model so
             'fuse_sizes': result['fuse_sizes'],  # ... and over these model sizes
             'calibration': {
                 'dataset': str(dataset_dir), 'images': len(records),
                 'model_size': result['model_size'], 'max_detections': result['max_detections'],
                 'min_area_px': result['min_area_px'], 'flips': result['flips'],
                 'tile_overlap': result['tile_overlap'],
+                'input_color': result['input_color'],
                 'fuse_sizes': result['fuse_sizes'],
                 'seed_threshold': result['best_seed_threshold'],
                 'accuracy': result['best']['accuracy'],

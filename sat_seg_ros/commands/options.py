@@ -17,7 +17,7 @@ from sat_seg_ros.config import parse_size_list
 #: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
                     'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips',
-                    'fuse_sizes')
+                    'fuse_sizes', 'input_color')
 
 
 def size_list(text: str) -> tuple:
@@ -84,6 +84,11 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--prompt', default=None, dest='prompt_mode',
                         choices=('grid', 'box', 'none'),
                         help="prompt mode (default: the model's)")
+    parser.add_argument('--input-color', default=None, dest='input_color',
+                        choices=('rgb', 'luma'),
+                        help='colour frames enter the model as RGB, or as their luminance '
+                             "('luma', for a model trained on gray scenes; default: the "
+                             "model's)")
     parser.add_argument('--flips', type=int, default=None, choices=(1, 2, 4),
                         help='views per tile averaged (2: + mirrored left-right, 4: + upside '
                              "down and both; 2x / 4x the model time; default: the model's)")
