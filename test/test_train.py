@@ -41,6 +41,7 @@ def test_few_steps_lower_the_loss(tmp_path):
     assert (Path(config.out_dir) / 'curves.png').stat().st_size > 1000
     info = json.loads((Path(config.out_dir) / 'best_model' / 'sat_seg.json').read_text())
     assert info['prompt_mode'] == 'box' and info['provenance']['recipe'] == 'test'
+    assert info['input_color'] == 'luma'  # it learnt from gray tiles only
 
 
 def test_peak_weight_reaches_the_training_loss(tmp_path):

@@ -822,6 +822,9 @@ def export_model(model, directory: Path, config: TrainConfig, threshold: float,
     write_model_info(tmp, {
         'model_size': config.model_sizes[0], 'tile_size': config.tile_size, 'tile_overlap': 0,
         'prompt_mode': config.prompt_mode, 'grid_points': config.grid_points,
+        # the tile pool and validation turn every scene gray (_gray_uint8): colour frames
+        # must reach the model as the same luminance
+        'input_color': 'luma',
         'threshold': float(threshold), 'seed_threshold': seed_threshold,
         'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
         'provenance': provenance})
