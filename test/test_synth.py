@@ -171,3 +171,51 @@ def test_backgrounds_folder_without_usable_image_is_refused(tmp_path, capsys):
     assert main(['synth', '--out', str(out), '--n', '4', '--backgrounds',
                  str(tmp_path / 'missing')]) == 2
     assert 'does not exist' in capsys.readouterr().err and not out.exists()
+
+
+def test_color_scenes_are_the_gray_scenes_coloured(tmp_path):
+    """--color: RGB scenes whose luminance and masks are the gray set's of the same seed.
+
+    A photograph that is green keeps its green; procedural scenes take their biomes'
+    palettes and the satellite its materials' colours.
+    """
+    import cv2
+
+    root = tmp_path / 'photos'
+    root.mkdir()
+    rng = np.random.default_rng(8)
+    noise = cv2.resize(rng.normal(0.5, 0.2, (30, 30)), (300, 300), interpolation=cv2.INTER_CUBIC)
+    green = np.clip(np.dstack([noise * 0.4, noise, noise * 0.5]) * 255, 0, 255).astype(np.uint8)
+    cv2.imwrite(str(root / 'meadow.png'), green)  # BGR on disk: blue 0.4, green 1, red 0.5
+    gray_out, colour_out = tmp_path / 'gray', tmp_path / 'colour'
+    common = ['--n', '10', '--seed', '3', '--backgrounds', str(root), '--photo-fraction', '0.5',
+              '--contact', '0']
+    assert main(['synth', '--out', str(gray_out)] + common) == 0
+    assert main(['synth', '--out', str(colour_out), '--color'] + common) == 0
+    gray_set, colour_set = ds.load_dataset(gray_out), ds.load_dataset(colour_out)
+    coco = json.loads((colour_out / 'annotations.json').read_text())
+    assert coco['info']['color'] is True and ds.validate_dataset(colour_set) == []
+    kinds = set()
+    for plain, coloured, entry in zip(gray_set, colour_set, coco['images']):
+        gray, rgb = plain.read_image(), coloured.read_image()
+        assert gray.shape == (512, 641) and rgb.shape == (512, 641, 3)
+        luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(int)
+        assert np.percentile(np.abs(luma - gray), 99) <= 2  # rounding, a few saturated pixels
+        assert plain.bbox_xywh == coloured.bbox_xywh
+        if plain.positive:
+            assert np.array_equal(plain.read_mask(), coloured.read_mask())
+            assert set(entry['synth']['satellite']['colours']) <= {'foil', 'cells', 'paint'}
+            assert entry['synth']['satellite']['colours']
+        red, green_channel = rgb[..., 0].astype(float), rgb[..., 1].astype(float)
+        if entry['synth'].get('photo') == 'meadow.png':
+            kinds.add('photo')
+            assert green_channel.mean() > 1.3 * red.mean()
+        else:
+            kinds.add('procedural')
+            assert np.abs(red - green_channel).mean() > 1.0  # a palette, not gray
+    assert kinds == {'photo', 'procedural'}
+    # the colour draws have their own generator: the gray sample is unchanged by them
+    assert np.array_equal(synth.make_sample(3, 4, True).image,
+                          synth.make_sample(3, 4, True, color=False).image)
+    sprite = synth.render_satellite(np.random.default_rng(0), 60.0)
+    assert sprite.material.shape == sprite.coverage.shape

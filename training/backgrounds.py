@@ -30,6 +30,7 @@ NON_PHOTO_MARKERS = ('mask', 'relief', 'overlay', 'colors', 'structure', 'void',
                      'grain_texture', '-nm', '_nm', 'normal')
 MIN_SIDE_PX = 256
 PHOTO_TERRAIN = 'photo'      # the terrain layer a photograph crop records in its scene's entry
+CHROMA_SCALE = 63.75          # uint8 chroma cache: 0..4 in steps of 1/64
 MIN_GRAY_STD = 0.03          # 0..1 scale: flatter images are colour swatches, not scenes
 SCALE_RANGE = (0.35, 1.6)    # crop pixels per source pixel, log-uniform
 
@@ -129,6 +130,7 @@ class BackgroundBank:
         self.paths = list(paths)
         self.cache_size = cache_size
         self._cache: Dict[int, np.ndarray] = {}
+        self._chroma: Dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -144,8 +146,30 @@ class BackgroundBank:
             self._cache[index] = image
         return self._cache[index]
 
-    def crop(self, rng: np.random.Generator, height: int, width: int):
-        """Return (HxW float32 crop in [0, 1], description) from a random photograph."""
+    def chroma(self, index: int) -> np.ndarray:
+        """Return photograph ``index``'s HxWx3 chroma as uint8 (CHROMA_SCALE per unit; cached).
+
+        8 bits (steps of 1/64) keep the cache of large photographs small.
+        """
+        from sat_seg_training.synth_color import photo_chroma
+
+        if index not in self._chroma:
+            image = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)  # 8-bit BGR
+            if image is None:
+                raise ValueError(f'background {self.paths[index]} can no longer be read')
+            rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+            if len(self._chroma) >= self.cache_size:
+                self._chroma.pop(next(iter(self._chroma)))
+            scaled = photo_chroma(rgb) * CHROMA_SCALE + 0.5
+            self._chroma[index] = np.clip(scaled, 0, 255).astype(np.uint8)
+        return self._chroma[index]
+
+    def crop(self, rng: np.random.Generator, height: int, width: int, chroma: bool = False):
+        """Return (HxW float32 crop in [0, 1], description) from a random photograph.
+
+        With ``chroma`` also the crop's HxWx3 chroma, cut with the same warp and mirror (a
+        third item; the draws from ``rng`` are the same either way).
+        """
         index = int(rng.integers(len(self.paths)))
         source = self.image(index)
         scale = math.exp(rng.uniform(math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])))
@@ -158,14 +182,22 @@ class BackgroundBank:
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         crop = cv2.warpAffine(source, matrix, (width, height), flags=interpolation,
                               borderMode=cv2.BORDER_WRAP)
+        colour = None
+        if chroma:
+            colour = cv2.warpAffine(self.chroma(index), matrix, (width, height),
+                                    flags=interpolation, borderMode=cv2.BORDER_WRAP
+                                    ).astype(np.float32) / CHROMA_SCALE
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
+            colour = None if colour is None else colour[:, ::-1]
         # Photographs differ in exposure; stretch toward the procedural scenes' range.
         lo, hi = np.percentile(crop, (1, 99))
         if hi - lo > 1e-3:
             gain = rng.uniform(0.6, 1.0) / (hi - lo)
             crop = (crop - lo) * gain + rng.uniform(0.05, max(0.06, 0.95 - gain * (hi - lo)))
         crop = np.clip(crop, 0, 1).astype(np.float32)
-        return np.ascontiguousarray(crop), {'terrain': [PHOTO_TERRAIN],
-                                            'photo': self.paths[index].name,
-                                            'scale': round(scale, 3), 'angle': round(angle, 1)}
+        description = {'terrain': [PHOTO_TERRAIN], 'photo': self.paths[index].name,
+                       'scale': round(scale, 3), 'angle': round(angle, 1)}
+        if chroma:
+            return np.ascontiguousarray(crop), description, np.ascontiguousarray(colour)
+        return np.ascontiguousarray(crop), description

@@ -2,7 +2,8 @@
 
 Each image is a grayscale 512 x 641 aerial scene (synth_terrain) with, for positives, exactly
 one satellite (synth_satellite) at a random attitude, size, position and contrast, then sensor
-effects (gamma, blur, noise, film grain, vignetting, JPEG). Image i depends only on (seed, i)
+effects (gamma, blur, noise, film grain, vignetting, JPEG); with ``color``, the same scene in RGB
+(synth_color: the gray image times a chroma map). Image i depends only on (seed, i)
 and on whether it holds a satellite; which images do is a draw over all n (negative_indices),
 so a set is reproducible, any image can be regenerated alone, and the first images of a larger
 set of the same seed have the same backgrounds but not always the same satellites.
@@ -26,6 +27,8 @@ import numpy as np
 from sat_seg_training import dataset as ds
 from sat_seg_training.backgrounds import (BackgroundBank, fingerprint, read_exclude_list,
                                           select_backgrounds)
+from sat_seg_training.synth_color import (apply_chroma, satellite_chroma, soften,
+                                          terrain_chroma)
 from sat_seg_training.synth_satellite import render_satellite
 from sat_seg_training.synth_terrain import clouds, fractal_noise, scene
 
@@ -36,6 +39,7 @@ TAIL_RANGE = (10.0, 256.0)        # log-uniform, the rest: ~10 px to 40 % of the
 TAIL_FRACTION = 0.2
 POOL_MIN_IMAGES = 50
 MIN_SIDE_PX = 8                   # re-draw satellites whose mask is smaller
+COLOR_STREAM = 3                  # colour draws: default_rng([seed, index, COLOR_STREAM])
 
 
 @dataclasses.dataclass
@@ -55,7 +59,7 @@ def sample_size(rng: np.random.Generator) -> float:
 
 
 def _paste(rng, background, sprite):
-    """Composite a sprite at a random position; return (image, mask, description)."""
+    """Composite a sprite at a random position; return (image, mask, description, (y, x))."""
     height, width = background.shape
     sh, sw = sprite.coverage.shape
     sh, sw = min(sh, height), min(sw, width)
@@ -80,7 +84,7 @@ def _paste(rng, background, sprite):
     mask = np.zeros((height, width), bool)
     mask[y:y + sh, x:x + sw] = coverage >= 0.5
     return image, mask, {'polarity': 'brighter' if brighter else 'darker',
-                         'contrast': round(abs(target - ground), 3)}
+                         'contrast': round(abs(target - ground), 3)}, (y, x)
 
 
 def _sensor(rng, image):
@@ -123,20 +127,27 @@ def _sensor(rng, image):
 
 def make_sample(seed: int, index: int, positive: bool, height: int = HEIGHT,
                 width: int = WIDTH, bank: Optional[BackgroundBank] = None,
-                photo_fraction: float = 0.0) -> Sample:
+                photo_fraction: float = 0.0, color: bool = False) -> Sample:
     """Generate image `index` of the set with `seed` (deterministic in (seed, index)).
 
     With a ``bank``, a share ``photo_fraction`` of the backgrounds are crops of its photographs
-    instead of procedural scenes (deterministic in (seed, index) for the same bank).
+    instead of procedural scenes (deterministic in (seed, index) for the same bank). With
+    ``color`` the image is RGB: the gray image times a chroma map (synth_color) drawn from
+    its own generator, so its luminance and its mask are the gray image's.
     """
     rng = np.random.default_rng([seed, index])
+    tint = np.random.default_rng([seed, index, COLOR_STREAM]) if color else None
+    chroma = None
     if bank is not None and rng.random() < photo_fraction:
-        background, description = bank.crop(rng, height, width)
+        background, description, *rest = bank.crop(rng, height, width, chroma=color)
+        chroma = rest[0] if color else None
         if rng.random() < 0.25:
             background = clouds(rng, background)
             description['terrain'].append('clouds')
     else:
         background, description = scene(rng, height, width)
+        if color:
+            chroma = terrain_chroma(tint, description['terrain'], height, width)
     mask = bbox = None
     if positive:
         for _ in range(10):
@@ -144,11 +155,20 @@ def make_sample(seed: int, index: int, positive: bool, height: int = HEIGHT,
             box = ds.mask_bbox(sprite.coverage >= 0.5)
             if box is not None and max(box[2:]) >= MIN_SIDE_PX:
                 break
-        background, mask, pasted = _paste(rng, background, sprite)
+        background, mask, pasted, (y, x) = _paste(rng, background, sprite)
         bbox = ds.mask_bbox(mask)
         description['satellite'] = dict(sprite.design, **pasted)
+        if color:
+            paint, names = satellite_chroma(tint, sprite.material)
+            sh, sw = min(paint.shape[0], height), min(paint.shape[1], width)
+            cover = sprite.coverage[:sh, :sw, None]
+            window = chroma[y:y + sh, x:x + sw]
+            chroma[y:y + sh, x:x + sw] = window * (1 - cover) + paint[:sh, :sw] * cover
+            description['satellite']['colours'] = names
     image, sensor = _sensor(rng, background)
     description.update(sensor)
+    if color:
+        image = apply_chroma(image, soften(chroma))
     return Sample(image, mask, bbox, description)
 
 
@@ -161,8 +181,9 @@ def _init_worker(paths) -> None:
 
 
 def _make(job):
-    seed, index, positive, photo_fraction = job
-    return make_sample(seed, index, positive, bank=_WORKER_BANK, photo_fraction=photo_fraction)
+    seed, index, positive, photo_fraction, color = job
+    return make_sample(seed, index, positive, bank=_WORKER_BANK, photo_fraction=photo_fraction,
+                       color=color)
 
 
 def negative_indices(n: int, neg_frac: float, seed: int) -> set:
@@ -175,14 +196,15 @@ def negative_indices(n: int, neg_frac: float, seed: int) -> set:
 def generate(out, n: int, seed: int = 0, neg_frac: float = 0.2, workers: int = 1,
              contact: int = 30, progress: Optional[Callable[[int, int], None]] = None,
              backgrounds=None, photo_fraction: float = 0.6,
-             exclude_list: Optional[pathlib.Path] = None) -> dict:
+             exclude_list: Optional[pathlib.Path] = None, color: bool = False) -> dict:
     """Write a synthetic dataset to `out`; return a summary (counts, seconds, images/s).
 
     workers > 1 generates in a process pool (images are identical whatever the count); the
     pool starts only for sets of at least POOL_MIN_IMAGES per worker, below which starting it
     costs more than it saves. ``backgrounds`` (a folder of aerial photographs) replaces a share
     ``photo_fraction`` of the procedural backgrounds with crops of them; names starting with a
-    stem of ``exclude_list`` are never used. Every check runs before anything is written.
+    stem of ``exclude_list`` are never used. ``color`` writes RGB images, the gray set of the
+    same seed coloured (make_sample). Every check runs before anything is written.
     """
     if n < 1:
         raise ValueError(f'n={n}: ask for at least one image')
@@ -194,6 +216,8 @@ def generate(out, n: int, seed: int = 0, neg_frac: float = 0.2, workers: int = 1
     negatives = negative_indices(n, neg_frac, seed)
     info = {'generator': 'sat-seg synth', 'seed': seed, 'n': n, 'neg_frac': neg_frac,
             'height': HEIGHT, 'width': WIDTH}
+    if color:
+        info['color'] = True
     paths: list = []
     if backgrounds is not None:
         paths = select_backgrounds(pathlib.Path(backgrounds), read_exclude_list(exclude_list))
@@ -201,7 +225,7 @@ def generate(out, n: int, seed: int = 0, neg_frac: float = 0.2, workers: int = 1
                                'fingerprint': fingerprint(paths),
                                'photo_fraction': photo_fraction}
     share = photo_fraction if paths else 0.0
-    jobs = [(seed, i, i not in negatives, share) for i in range(n)]
+    jobs = [(seed, i, i not in negatives, share, bool(color)) for i in range(n)]
     start = time.perf_counter()
     workers = max(1, min(workers, n // POOL_MIN_IMAGES))
     pool = None

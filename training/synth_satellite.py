@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -42,11 +42,16 @@ class Boom:
 
 @dataclasses.dataclass
 class Sprite:
-    """A rendered satellite: intensity (h, w) float32 in [0, 1] and coverage in [0, 1]."""
+    """A rendered satellite: intensity (h, w) float32 in [0, 1] and coverage in [0, 1].
+
+    ``material`` (h, w) uint8 is the material seen at each pixel (PLAIN, FOIL or CELLS; the
+    nearest supersampled one), for colouring.
+    """
 
     intensity: np.ndarray
     coverage: np.ndarray
     design: dict
+    material: Optional[np.ndarray] = None
 
 
 def _box(center, size, albedo, material) -> List[Face]:
@@ -238,5 +243,6 @@ def render_satellite(rng: np.random.Generator, size_px: float) -> Sprite:
     coverage = cv2.resize(cover, (out_w, out_h), interpolation=cv2.INTER_AREA)
     intensity = premultiplied / np.maximum(coverage, 1e-6)
     design['size_px'] = round(float(size_px), 1)
+    seen = cv2.resize(material, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     return Sprite(np.clip(intensity, 0, 1.5).astype(np.float32),
-                  np.clip(coverage, 0, 1).astype(np.float32), design)
+                  np.clip(coverage, 0, 1).astype(np.float32), design, seen)

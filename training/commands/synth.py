@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='with --backgrounds: a list of file names (one per line, # '
                              'comments); every file whose name starts with one of their stems '
                              'is never used (e.g. images kept for independent testing)')
+    parser.add_argument('--color', action='store_true',
+                        help='write RGB scenes: each is the gray scene of the same seed and '
+                             'index times a chroma map (photo colours, biome palettes, '
+                             'satellite materials), so its luminance and mask are the same')
     parser.add_argument('--contact', type=int, default=30,
                         help='images shown in OUT/contact_sheet.png (0: no sheet; default 30)')
 
@@ -45,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
                            workers=args.workers, contact=args.contact,
                            progress=lambda done, total: bar.update(done - bar.n),
                            backgrounds=args.backgrounds, photo_fraction=args.photo_fraction,
-                           exclude_list=args.exclude_backgrounds)
+                           exclude_list=args.exclude_backgrounds, color=args.color)
     print(json.dumps(summary, indent=1))
     return 0
