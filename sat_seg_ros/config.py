@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 import re
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'models' / 'default'
 DEFAULT_THRESHOLD = 0.65
 MODEL_INFO_FILE = 'sat_seg.json'
 PROMPT_MODES = ('grid', 'box', 'none')
+MODE_NAME = r'[a-z0-9_-]+'
 #: How colour frames enter the model: 'rgb' as they are, 'luma' reduced to their Rec. 601
 #: luminance first (for a model trained on gray scenes, whose colour channels were always
 #: equal, so colour differences would reach it as features it never learnt).
@@ -171,6 +172,7 @@ def load_model_info(model_dir: os.PathLike | str) -> Dict[str, Any]:
             raise ValueError('%s must hold a JSON object, not %s' % (path, type(loaded).__name__))
         info.update(loaded)
     _check_by_model_size(info, path)
+    _check_modes(info, path)
     return info
 
 
@@ -208,8 +210,28 @@ def _check_by_model_size(info: Dict[str, Any], path: Path) -> None:
                              % (path, key, entry['fuse_sizes'], list(mode[1:])))
 
 
+def _check_modes(info: Dict[str, Any], path: Path) -> None:
+    modes = info.get('modes', {})
+    if not isinstance(modes, dict):
+        raise ValueError('%s: modes must map mode names to settings, e.g. {"accurate": '
+                         '{"flips": 4, "threshold": 0.4}}, not %r' % (path, modes))
+    for name, entry in modes.items():
+        if not re.fullmatch(MODE_NAME, str(name)):
+            raise ValueError('%s: mode name %r must be lower-case letters, digits, - or _'
+                             % (path, name))
+        if not isinstance(entry, dict) or set(entry) - set(SIZE_KEYS):
+            raise ValueError('%s: modes[%r] must be an object with keys among %s, not %r'
+                             % (path, name, list(SIZE_KEYS), entry))
+
+
+def mode_names(info: Dict[str, Any]) -> List[str]:
+    """Return the named modes a ``sat_seg.json`` offers (sorted)."""
+    return sorted(info.get('modes') or {})
+
+
 def info_for_size(info: Dict[str, Any], model_size: int,
-                  fuse_sizes: Optional[Tuple[int, ...]] = None) -> Dict[str, Any]:
+                  fuse_sizes: Optional[Tuple[int, ...]] = None,
+                  mode: Optional[str] = None) -> Dict[str, Any]:
     """Return ``info`` (a ``sat_seg.json``) as it applies to frames run at ``model_size``.
 
     Post-processing calibrated at one model size does not carry to another (probability maps
@@ -220,7 +242,22 @@ def info_for_size(info: Dict[str, Any], model_size: int,
     ``fuse_sizes`` (None: the model's, as just resolved) chooses the fusion; a fused mode's
     own entry (``by_model_size["512+1024"]``, what ``calibrate --fuse-sizes 1024`` writes)
     then overrides in turn.
+    ``mode`` (None or '': the default) names an entry of ``modes``: settings calibrated
+    together at the model's own size (e.g. "accurate": tile overlap and flips with their own
+    thresholds), applied over the top level; ``fuse_sizes`` still overrides the fusion.
     """
+    if mode:
+        modes = info.get('modes') or {}
+        if mode not in modes:
+            raise ValueError('mode %r is not among the modes of this model: %s' % (
+                mode, ', '.join(mode_names(info)) or 'none (calibrate one with --mode NAME)'))
+        if model_size != info['model_size']:
+            raise ValueError('mode %r holds settings calibrated at model size %s, not %s'
+                             % (mode, info['model_size'], model_size))
+        merged = dict(info, **modes[mode])
+        if fuse_sizes is not None:
+            merged['fuse_sizes'] = tuple(fuse_sizes)
+        return merged
     entries = info.get('by_model_size', {})
     merged = dict(info)
     if model_size != info['model_size']:

@@ -103,11 +103,14 @@ class SatSegNode(Node):
         self._worker.start()
         config = self.segmenter.config
         self.get_logger().info(
-            'ready: model %s, backend %s on %s, model_size %d, threshold %.3f, min_area_px %d; '
-            'subscribed to %s (%s, qos.reliability=%s)'
-            % (self.model_dir, self.values['backend'], self.values['device'], config.model_size,
-               config.threshold, config.min_area_px, self._subscription.topic_name,
-               self._reliability, self._mode))
+            'ready: model %s%s, backend %s on %s, model_size %d, tile_overlap %d, flips %d, '
+            'input_color %s, threshold %.3f, min_area_px %d; subscribed to %s (%s, '
+            'qos.reliability=%s)'
+            % (self.model_dir, ' (mode %s)' % self.values['mode'] if self.values['mode'] else '',
+               self.values['backend'], self.values['device'], config.model_size,
+               config.tile_overlap, config.flips, config.input_color, config.threshold,
+               config.min_area_px, self._subscription.topic_name, self._reliability,
+               self._mode))
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_segmenter(self) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sat_seg_ros.config import FLIPS, parse_size_list
+from sat_seg_ros.config import FLIPS, MODE_NAME, parse_size_list
 from sat_seg_ros.qos import RELIABILITY_MODES
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt')
@@ -65,6 +65,11 @@ def _positive_finite(value: float) -> None:
         raise ValueError('must be a finite number > 0')
 
 
+def _mode_name(value: str) -> None:
+    if value and not re.fullmatch(MODE_NAME, value):
+        raise ValueError('a mode name is lower-case letters, digits, - or _')
+
+
 def _flips(value: int) -> None:
     if value not in (0,) + FLIPS:
         raise ValueError("must be 0 (the model's) or one of %s" % (FLIPS,))
@@ -105,6 +110,11 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec('prompt_mode', '',
               "SAM prompt: 'grid', 'box' or 'none'; empty: the model's sat_seg.json value.",
               choices=PROMPT_MODES),
+    ParamSpec('mode', '',
+              "A named mode of the model's sat_seg.json (its 'modes' entry, e.g. 'accurate': "
+              'tile overlap, flips and the thresholds calibrated with them); empty: the '
+              'top-level settings. The other parameters still override it.',
+              check=_mode_name),
     ParamSpec('input_color', '',
               "Colour frames enter the model as 'rgb', or as their luminance ('luma', for a "
               "model trained on gray scenes such as the bundled one); empty: the model's "
@@ -217,6 +227,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'batch_size': values['batch_size'],
         'prompt_mode': unless(values['prompt_mode'], ''),
         'input_color': unless(values['input_color'], ''),
+        'mode': unless(values['mode'], ''),
         'threshold': unless(values['threshold'], 0.0),
         'seed_threshold': unless(values['seed_threshold'], 0.0),
         'min_area_px': unless(values['min_area_px'], -1),

@@ -72,17 +72,18 @@ class Segmenter:
     @classmethod
     def from_model(cls, model_dir: Optional[os.PathLike | str] = None, backend: str = 'torch',
                    device: str = 'cpu', backend_options: Optional[dict] = None,
-                   **overrides) -> 'Segmenter':
+                   mode: Optional[str] = None, **overrides) -> 'Segmenter':
         """Load ``model_dir`` (None: the bundled default) with ``backend``.
 
         ``overrides`` are SegmenterConfig fields; fields not given come from the model's
         ``sat_seg.json`` (its ``by_model_size`` entry for the model size and fusion in use,
-        where there is one: config.info_for_size), then from the package defaults.
+        where there is one, or the named ``mode``'s entry: config.info_for_size), then from
+        the package defaults.
         """
         model_dir = resolve_model_dir(model_dir)
         info = load_model_info(model_dir)
         info = info_for_size(info, overrides.get('model_size') or info['model_size'],
-                             overrides.get('fuse_sizes'))
+                             overrides.get('fuse_sizes'), mode)
         if info.get('warning'):  # e.g. a model whose provenance says it is not fit for use
             LOG.warning('model %s: %s', model_dir, info['warning'])
         fields = {field.name for field in dataclasses.fields(SegmenterConfig)}

@@ -243,6 +243,53 @@ def test_calibrating_with_tile_overlap_records_it_with_the_thresholds(tiny_model
         at_256.close()
 
 
+def test_a_named_mode_is_calibrated_beside_the_default_and_chosen_by_name(tiny_model_dir,
+                                                                          tmp_path):
+    # calibrate --mode accurate --flips 4 writes modes.accurate and leaves the top level alone;
+    # the Segmenter (and evaluate, infer, the node) apply it only when asked for by name.
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.evaluate import evaluate
+
+    model, val = model_and_val(tiny_model_dir, tmp_path,
+                               {'prompt_mode': 'box', 'threshold': 0.65, 'model_size': 256})
+    before = json.loads((model / 'sat_seg.json').read_text())
+    result = calibrate(model, val, thresholds=[0.3, 0.5], seed_thresholds=[None],
+                       mode='accurate', flips=4, tile_overlap=32)
+    assert result['written'] == 'modes[accurate]' and result['flips'] == 4
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert {k: v for k, v in info.items() if k != 'modes'} == before  # the default is untouched
+    entry = info['modes']['accurate']
+    assert (entry['flips'], entry['tile_overlap'], entry['threshold']) == (
+        4, 32, result['best_threshold'])
+    default, accurate = Segmenter.from_model(model), Segmenter.from_model(model, mode='accurate')
+    try:
+        assert (default.config.flips, default.config.tile_overlap) == (1, 0)
+        assert (accurate.config.flips, accurate.config.tile_overlap) == (4, 32)
+        assert accurate.config.threshold == result['best_threshold']
+        assert Segmenter.from_model(model, mode='accurate', flips=2).config.flips == 2
+    finally:
+        default.close()
+        accurate.close()
+    row = evaluate(val, model, [256], mode='accurate')['rows'][0]
+    assert (row['mode'], row['flips'], row['tile_overlap']) == ('accurate', 4, 32)
+    again = calibrate(model, val, thresholds=[0.3, 0.5], seed_thresholds=[None],
+                      mode='accurate')  # recalibrating a mode starts from its own settings
+    assert again['flips'] == 4 and again['tile_overlap'] == 32
+    with pytest.raises(ValueError, match="mode 'fast' is not among the modes of this model: "
+                                         'accurate'):
+        Segmenter.from_model(model, mode='fast')
+    with pytest.raises(ValueError, match='calibrated at model size 256, not 512'):
+        Segmenter.from_model(model, mode='accurate', model_size=512)
+    with pytest.raises(ValueError, match='at the model size 256, not 512'):
+        calibrate(model, val, model_size=512, mode='other')
+    for bad, message in (([1], 'modes must map mode names'),
+                         ({'Fast!': {}}, 'lower-case letters'),
+                         ({'fast': {'model_size': 1024}}, r"modes\['fast'\] must be an object")):
+        (model / 'sat_seg.json').write_text(json.dumps(dict(info, modes=bad)))
+        with pytest.raises(ValueError, match=message):
+            Segmenter.from_model(model)
+
+
 @pytest.mark.parametrize('sizes, message', [
     ([1024], 'must map model sizes'),
     ({'big': {'threshold': 0.5}}, 'is not a model size'),

@@ -168,6 +168,13 @@ def test_exported_folder_runs_alone_without_torch(blocked_env, tmp_path, model, 
     assert run_python(code, blocked_env).returncode == 0
     expected = reference.probability(cv2.imread(str(frames / 'frame0.png'), 0))
     assert np.abs(np.load(tmp_path / 'p.npy') - expected).max() < 1e-4
+    if model == 'bundled':  # the folder carries the named mode and the input colour along
+        code = ('from sat_seg_ros.segmenter import Segmenter\n'
+                "s = Segmenter.from_model(%r, backend='onnxruntime', mode='accurate')\n"
+                'c = s.config\n'
+                "assert (c.flips, c.tile_overlap, c.input_color) == (4, 64, 'luma'), c\n"
+                % str(device_dir))
+        assert run_python(code, blocked_env).returncode == 0
 
 
 def test_export_into_another_models_folder_is_refused(tmp_path, cnn_model_dir, tiny_model_dir):

@@ -391,7 +391,12 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
-        'max_detections': None, 'flips': None, 'fuse_sizes': None, 'input_color': None}
+        'max_detections': None, 'flips': None, 'fuse_sizes': None, 'input_color': None,
+        'mode': None}
+    with pytest.raises(ValueError, match="mode='Fast!'"):
+        node_config.check_value('mode', 'Fast!')
+    assert node_config.segmenter_arguments(
+        dict(node_config.defaults(), mode='accurate'))['mode'] == 'accurate'
     with pytest.raises(ValueError, match="input_color='bgr'"):
         node_config.check_value('input_color', 'bgr')
     assert node_config.segmenter_arguments(

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -137,21 +138,33 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     ``seed_thresholds`` are the hysteresis seeds swept with each threshold (None: no seed);
     the chosen one is written as ``seed_threshold`` (null when none wins).
     ``overrides`` are further Segmenter settings (tile_overlap, batch_size, prompt_mode; None:
-    the model's). The chosen values go to the top level of sat_seg.json when ``model_size`` is
-    the model's own (and ``fuse_sizes`` none or the model's), else to its ``by_model_size``
-    entry for that mode ("1024", or "512+1024" when fused), which the Segmenter applies in
-    that mode only (``result['written']`` says which).
+    the model's; ``mode``: a named mode to start from and write to). The chosen values go to
+    the top level of sat_seg.json when ``model_size`` is the model's own (and ``fuse_sizes``
+    none or the model's), else to its ``by_model_size`` entry for that mode ("1024", or
+    "512+1024" when fused), which the Segmenter applies in that mode only; with ``mode`` they
+    go to ``modes[mode]``, which the Segmenter applies when asked for that mode
+    (``result['written']`` says which).
     """
-    from sat_seg_ros.config import (load_model_info, MODEL_INFO_DEFAULTS, MODEL_INFO_FILE,
-                                    size_key, write_model_info)
+    from sat_seg_ros.config import (load_model_info, MODE_NAME, MODEL_INFO_DEFAULTS,
+                                    MODEL_INFO_FILE, size_key, write_model_info)
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.dataset import load_dataset
 
     records = list(load_dataset(dataset_dir))
     records = records[:limit] if limit > 0 else records
+    mode = overrides.pop('mode', None) or None
+    start = None  # the mode whose settings the maps are made with: a new one starts from the top
+    if mode is not None:
+        known = load_model_info(model_dir)
+        if not re.fullmatch(MODE_NAME, mode):
+            raise ValueError('mode name %r must be lower-case letters, digits, - or _' % mode)
+        if model_size not in (None, known['model_size']):
+            raise ValueError('a mode is calibrated at the model size %s, not %s'
+                             % (known['model_size'], model_size))
+        start = mode if mode in (known.get('modes') or {}) else None
     segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
                                      model_size=model_size, max_detections=max_detections,
-                                     **overrides)
+                                     mode=start, **overrides)
     probabilities, truths = [], []
     for record in records:
         image = record.read_image()
@@ -208,7 +221,10 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                 'seed_thresholds': list(seed_thresholds)}}
         own_size = info.get('model_size', MODEL_INFO_DEFAULTS['model_size'])
         own_fusion = list(info.get('fuse_sizes') or ())
-        if result['model_size'] == own_size and result['fuse_sizes'] in ([], own_fusion):
+        if mode is not None:  # a named mode keeps its own settings beside the default
+            info['modes'] = dict(info.get('modes') or {}, **{mode: chosen})
+            result['written'] = 'modes[%s]' % mode
+        elif result['model_size'] == own_size and result['fuse_sizes'] in ([], own_fusion):
             info.update(chosen)
             result['written'] = 'top level'
         else:  # another mode's frames keep their own post-processing (config.info_for_size)

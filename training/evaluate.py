@@ -170,6 +170,9 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'prompt_mode': segmenter.config.prompt_mode,
                         'max_detections': segmenter.config.max_detections,
                         'flips': segmenter.config.flips,
+                        'tile_overlap': segmenter.config.tile_overlap,
+                        'input_color': segmenter.config.input_color,
+                        'mode': overrides.get('mode') or None,
                         'fuse_sizes': list(segmenter.config.fuse_sizes),
                         'backend': backend, 'device': device})
         rows.append(summary)

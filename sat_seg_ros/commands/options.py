@@ -14,10 +14,11 @@ from typing import Any, Dict, Sequence
 
 from sat_seg_ros.config import parse_size_list
 
-#: Segmenter (SegmenterConfig) fields that options set, by the option's ``dest``.
+#: Segmenter settings that options set, by the option's ``dest``: SegmenterConfig fields, and
+#: ``mode`` (Segmenter.from_model's named mode of the model's sat_seg.json).
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
                     'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips',
-                    'fuse_sizes', 'input_color')
+                    'fuse_sizes', 'input_color', 'mode')
 
 
 def size_list(text: str) -> tuple:
@@ -84,6 +85,10 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
     parser.add_argument('--prompt', default=None, dest='prompt_mode',
                         choices=('grid', 'box', 'none'),
                         help="prompt mode (default: the model's)")
+    parser.add_argument('--mode', default=None,
+                        help="a named mode of the model's sat_seg.json (e.g. 'accurate': "
+                             'settings calibrated together at its model size); default: '
+                             'the top-level settings')
     parser.add_argument('--input-color', default=None, dest='input_color',
                         choices=('rgb', 'luma'),
                         help='colour frames enter the model as RGB, or as their luminance '
