@@ -39,8 +39,9 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
 #: Test-time flips: each tile also runs mirrored, and the probabilities are averaged.
 FLIPS = (1, 2, 4)
 
-#: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size
-#: (``calibration`` is its record, like the top-level one).
+#: What a ``by_model_size`` entry of ``sat_seg.json`` may set for frames run at that model size,
+#: and a ``modes`` entry for its named mode (``calibration`` is its record, like the top-level
+#: one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
              'tile_overlap', 'fuse_sizes', 'input_color', 'calibration')
 
@@ -52,11 +53,11 @@ class SegmenterConfig:
     ``None`` for ``threshold``, ``seed_threshold``, ``prompt_mode``, ``grid_points`` or
     ``input_color`` means "take the model's ``sat_seg.json`` value, else the package default".
     ``input_color`` 'luma' turns colour frames into gray (Rec. 601 luminance) before resizing;
-    'rgb' keeps their channels. ``threshold`` draws
-    the mask; a component of it counts only when its peak probability exceeds
-    ``seed_threshold`` (hysteresis; the default None, or any value at or below ``threshold``,
-    keeps every component). ``flips`` 2 also runs every tile mirrored left-right, 4 also
-    upside down and both, and averages the probabilities (2x / 4x the model time).
+    'rgb' keeps their channels. ``threshold`` draws the mask; a component of it counts only
+    when its peak probability exceeds ``seed_threshold`` (hysteresis; the default None, or any
+    value at or below ``threshold``, keeps every component). ``flips`` 2 also runs every tile
+    mirrored left-right, 4 also upside down and both, and averages the probabilities (2x / 4x
+    the model time).
     ``fuse_sizes`` (multi-scale averaging): the frame also runs at each of these model sizes,
     and the probability maps, at the frame's resolution, are averaged with ``model_size``'s
     (each size adds its tiles' model time: 512 with 1024 runs 4 + 16 tiles).
