@@ -448,3 +448,31 @@ def test_resume_on_regenerated_data_says_it_is_not_bit_identical(tmp_path, caplo
     with caplog.at_level('WARNING', logger='sat_seg_training.train'):
         train(config, progress=False)
     assert 'tile pool differs' in caplog.text
+
+
+def test_input_color_rgb_trains_on_colour_tiles_and_the_model_says_so(tmp_path):
+    """input_color 'rgb' keeps the scenes' channels through training and into sat_seg.json.
+
+    The pool holds RGB tiles (the default 'luma' pool of the same scenes is gray), a CNN run
+    trains on them, and its exported sat_seg.json asks the runtime for RGB.
+    """
+    from sat_seg_training.synth import generate
+
+    data = tmp_path / 'colour'
+    generate(data, 6, seed=4, contact=0, color=True)
+    colour_pool = build_pool(iter_scenes(str(data), 0, 0, color=True),
+                             micro_config(tmp_path), 0)
+    gray_pool = build_pool(iter_scenes(str(data), 0, 0), micro_config(tmp_path), 0)
+    assert colour_pool.tiles.shape == gray_pool.tiles.shape + (3,)
+    channels = colour_pool.tiles.astype(int)
+    assert np.abs(channels[..., 0] - channels[..., 1]).mean() > 1.0  # colour, not gray x 3
+    np.testing.assert_array_equal(colour_pool.masks, gray_pool.masks)
+    config = micro_config(tmp_path, architecture='test-cnn', data=str(data), scenes=0,
+                          val_data=str(data), val_scenes=2, input_color='rgb', steps=3,
+                          val_every=3, dense_weight=0.5, stage='sam')
+    summary = train(config, progress=False)
+    assert summary['steps'] == 3
+    info = json.loads((Path(config.out_dir) / 'best_model' / 'sat_seg.json').read_text())
+    assert info['input_color'] == 'rgb'
+    with pytest.raises(ValueError, match='input_color'):
+        micro_config(tmp_path, input_color='bgr')

@@ -28,7 +28,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from sat_seg_ros.backends import Backend
-from sat_seg_ros.config import _check_int, atomic_write_text, SegmenterConfig, write_model_info
+from sat_seg_ros.config import (_check_int, atomic_write_text, INPUT_COLORS, SegmenterConfig,
+                                write_model_info)
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
 from sat_seg_training.losses import LOSSES, satellite_surroundings, segmentation_loss
@@ -71,6 +72,10 @@ class TrainConfig:
     freeze: List[str] = dataclasses.field(default_factory=list)  # SamModel parameter prefixes
     # data
     data: str = 'shapes'  # 'shapes' (generic shapes made here) or a dataset folder
+    # How scenes enter the model, written into the exported sat_seg.json for the runtime to do
+    # the same: 'luma' turns every scene gray (Rec. 601); 'rgb' keeps colour scenes' channels
+    # (gray ones become three equal channels) and adds a colour jitter to the augmentation.
+    input_color: str = 'luma'
     scenes: int = 2000  # shapes: scenes made; folder: images used (0 = all)
     val_data: str = 'shapes'
     val_scenes: int = 100
@@ -187,6 +192,8 @@ class TrainConfig:
         if len(self.model_sizes) != len(self.size_weights) or not self.model_sizes:
             raise ValueError('model_sizes %s and size_weights %s must be non-empty and of equal '
                              'length' % (self.model_sizes, self.size_weights))
+        if self.input_color not in INPUT_COLORS:
+            raise ValueError('input_color=%r is not one of %s' % (self.input_color, INPUT_COLORS))
         if not 1.0 <= self.size_jitter <= 2.0:
             raise ValueError('size_jitter=%r must be in [1, 2] (1 = off)' % (self.size_jitter,))
         if not 0.0 <= self.positive_fraction <= 1.0:
@@ -231,9 +238,9 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
 
 @dataclasses.dataclass
 class Scene:
-    """One grayscale scene and its mask at source resolution."""
+    """One scene and its mask at source resolution."""
 
-    image: np.ndarray  # HxW uint8
+    image: np.ndarray  # HxW uint8 (gray) or HxWx3 uint8 (RGB)
     mask: np.ndarray  # HxW bool
 
 
@@ -249,23 +256,33 @@ def _gray_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_scenes(source: str, count: int, seed: int) -> List[Scene]:
-    """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder."""
-    return list(iter_scenes(source, count, seed))
+def _rgb_uint8(image: np.ndarray) -> np.ndarray:
+    from sat_seg_ros.tiling import to_float_rgb
+
+    return np.clip(to_float_rgb(image) + 0.5, 0, 255).astype(np.uint8)
 
 
-def iter_scenes(source: str, count: int, seed: int) -> Iterator[Scene]:
+def load_scenes(source: str, count: int, seed: int, color: bool = False) -> List[Scene]:
+    """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder.
+
+    Gray (HxW) by default; with ``color`` RGB (HxWx3, gray images as three equal channels).
+    """
+    return list(iter_scenes(source, count, seed, color))
+
+
+def iter_scenes(source: str, count: int, seed: int, color: bool = False) -> Iterator[Scene]:
     """Yield load_scenes' scenes one at a time (a large training set is never all in memory).
 
     A dataset record with a bbox but no mask is refused before any image is read.
     """
+    convert = _rgb_uint8 if color else _gray_uint8
     if source == 'shapes':
         from sat_seg_training.shapes import make_scene
 
         rng = np.random.default_rng(seed)
         for index in range(count):
             image, mask = make_scene(rng, positive=index % 5 != 4)
-            yield Scene(image, mask)
+            yield Scene(convert(image), mask)
         return
     from sat_seg_training.dataset import load_dataset
 
@@ -276,16 +293,16 @@ def iter_scenes(source: str, count: int, seed: int) -> Iterator[Scene]:
             raise ValueError('%s has a bbox but no mask; training needs masks (run sat-seg label '
                              'first)' % record.file_name)
     for record in records:
-        image = _gray_uint8(record.read_image())
-        mask = record.read_mask() if record.positive else np.zeros(image.shape, bool)
+        image = convert(record.read_image())
+        mask = record.read_mask() if record.positive else np.zeros(image.shape[:2], bool)
         yield Scene(image, mask)
 
 
 @dataclasses.dataclass
 class TilePool:
-    """Tiles of every scene at every model size: gray uint8 images and soft uint8 masks."""
+    """Tiles of every scene at every model size: uint8 images and soft uint8 masks."""
 
-    tiles: np.ndarray  # (N, t, t) uint8
+    tiles: np.ndarray  # (N, t, t) uint8 gray, or (N, t, t, 3) RGB with input_color 'rgb'
     masks: np.ndarray  # (N, t, t) uint8, 255 = satellite (area-averaged at the tile's scale)
     size_index: np.ndarray  # (N,) index into model_sizes
     positive: np.ndarray  # (N,) bool
@@ -489,7 +506,7 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
     satellites are seen in parts); an empty tile a uniformly placed crop.
     """
     t = tiles.shape[1]
-    out_tiles = np.empty((len(tiles), size, size), tiles.dtype)
+    out_tiles = np.empty((len(tiles), size, size) + tiles.shape[3:], tiles.dtype)
     out_masks = np.empty((len(tiles), size, size), masks.dtype)
     for index in range(len(tiles)):
         ys, xs = np.nonzero(masks[index] >= 128)
@@ -510,6 +527,8 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
     The random draws do not depend on ``invert_probability`` (only what is done with them).
+    Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a white-balance shift),
+    drawn after the rest, so gray tiles draw exactly what they did before colour existed.
     """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
@@ -526,6 +545,8 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
         mean = float(tile.mean())
         tile = (tile - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-0.1, 0.1)
         tile = tile + rng.normal(0, rng.uniform(0, 0.02), tile.shape)
+        if tile.ndim == 3:
+            tile = tile * rng.uniform(0.9, 1.1, 3)
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
     return out_tiles, out_masks
@@ -822,9 +843,9 @@ def export_model(model, directory: Path, config: TrainConfig, threshold: float,
     write_model_info(tmp, {
         'model_size': config.model_sizes[0], 'tile_size': config.tile_size, 'tile_overlap': 0,
         'prompt_mode': config.prompt_mode, 'grid_points': config.grid_points,
-        # the tile pool and validation turn every scene gray (_gray_uint8): colour frames
-        # must reach the model as the same luminance
-        'input_color': 'luma',
+        # 'luma': the tile pool and validation turned every scene gray (_gray_uint8), so
+        # colour frames must reach the model as the same luminance
+        'input_color': config.input_color,
         'threshold': float(threshold), 'seed_threshold': seed_threshold,
         'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
         'provenance': provenance})
@@ -889,8 +910,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     trainable = apply_freeze(model, config.freeze)
 
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
-    pool = build_pool(iter_scenes(config.data, config.scenes, config.seed), config, config.seed)
-    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000)
+    color = config.input_color == 'rgb'
+    pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
+                      config.seed)
+    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color)
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
     data_digest = pool_digest(pool)
     if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
@@ -968,7 +991,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     while step < steps:
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
         tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
-        pixels = preprocess_tiles(tiles[..., None], pixel_size)
+        pixels = preprocess_tiles(tiles if tiles.ndim == 4 else tiles[..., None], pixel_size)
         # Channels-last input: the convolutions run in oneDNN's / cuDNN's preferred layout
         # (sat-cnn-fine, bf16, one CPU thread, three rounds beside a training run: 0.29-0.35 s
         # against 0.35-0.38 s per forward and backward of 16 tiles); only rounding can differ.
