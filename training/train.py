@@ -522,13 +522,20 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
     return out_tiles, out_masks
 
 
+#: augment: share of colour tiles turned gray; Rec. 601 weights (tiling.to_luma's)
+GRAY_PROBABILITY = 0.2
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
             invert_probability: float):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
     The random draws do not depend on ``invert_probability`` (only what is done with them).
-    Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a white-balance shift),
-    drawn after the rest, so gray tiles draw exactly what they did before colour existed.
+    Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a white-balance shift)
+    and, with probability GRAY_PROBABILITY, become their luminance in all three channels (so a
+    colour model still knows gray frames); drawn after the rest, so gray tiles draw exactly
+    what they did before colour existed.
     """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
@@ -547,6 +554,8 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
         tile = tile + rng.normal(0, rng.uniform(0, 0.02), tile.shape)
         if tile.ndim == 3:
             tile = tile * rng.uniform(0.9, 1.1, 3)
+            if rng.random() < GRAY_PROBABILITY:  # a gray camera's frame: three equal channels
+                tile = np.repeat(tile @ LUMA_WEIGHTS, 3).reshape(tile.shape)
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
     return out_tiles, out_masks
