@@ -169,11 +169,14 @@ def test_exported_folder_runs_alone_without_torch(blocked_env, tmp_path, model, 
     expected = reference.probability(cv2.imread(str(frames / 'frame0.png'), 0))
     assert np.abs(np.load(tmp_path / 'p.npy') - expected).max() < 1e-4
     if model == 'bundled':  # the folder carries the named mode and the input colour along
+        from sat_seg_ros.config import DEFAULT_MODEL_DIR
+        bundled = json.loads((DEFAULT_MODEL_DIR / 'sat_seg.json').read_text())
+        assert bundled['input_color'] in ('rgb', 'luma')
         code = ('from sat_seg_ros.segmenter import Segmenter\n'
                 "s = Segmenter.from_model(%r, backend='onnxruntime', mode='accurate')\n"
                 'c = s.config\n'
-                "assert (c.flips, c.tile_overlap, c.input_color) == (4, 64, 'luma'), c\n"
-                % str(device_dir))
+                'assert (c.flips, c.tile_overlap, c.input_color) == (4, 64, %r), c\n'
+                % (str(device_dir), bundled['input_color']))
         assert run_python(code, blocked_env).returncode == 0
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Turn a training checkpoint into a calibrated model folder like the bundled one
+# (sat_seg_ros/models/default): export, then choose the post-processing on validation for each
+# way the folder runs: model size 512 (the top level of sat_seg.json), 1024
+# (by_model_size["1024"]), 512 + 1024 fused (by_model_size["512+1024"]) and the named mode
+# 'accurate' (64 px tile overlap + four mirrored views at 512; modes["accurate"]).
+# The folder is written to OUT; copy it over sat_seg_ros/models/default to ship it.
+#
+#   scripts/bundle_model.sh CHECKPOINT OUT VALIDATION_SET
+#   scripts/bundle_model.sh checkpoints/cnn_stage18_colour/last.pt runs/candidate runs/data_fgc/val
+#   SAT_SEG=sat-seg scripts/bundle_model.sh ...      # default: .venv/bin/sat-seg
+set -euo pipefail
+if [ $# -ne 3 ]; then
+    sed -n '2,12p' "$0" >&2
+    exit 2
+fi
+checkpoint=$1 out=$2 val=$3
+SAT_SEG=${SAT_SEG:-.venv/bin/sat-seg}
+[ -f "$checkpoint" ] || { echo "no checkpoint at $checkpoint" >&2; exit 1; }
+[ -f "$val/annotations.json" ] || { echo "$val is not a dataset folder (no annotations.json)" >&2; exit 1; }
+[ -e "$out" ] && { echo "$out exists: remove it or choose another OUT" >&2; exit 1; }
+common=(--dataset "$val" --max-detections 1 --min-areas 16,64,160)
+"$SAT_SEG" train --export "$checkpoint" "$out"
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 512
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 1024
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode accurate --tile-overlap 64 --flips 4
+echo "calibrated model folder: $out"
