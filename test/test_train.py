@@ -468,9 +468,19 @@ def test_input_color_rgb_trains_on_colour_tiles_and_the_model_says_so(tmp_path):
     assert np.abs(channels[..., 0] - channels[..., 1]).mean() > 1.0  # colour, not gray x 3
     np.testing.assert_array_equal(colour_pool.masks, gray_pool.masks)
     tiles = colour_pool.tiles[:1].repeat(60, axis=0).astype(np.float32)
-    out, _ = augment(tiles, np.zeros(tiles.shape[:3], np.float32), np.random.default_rng(0), 0.0)
-    gray = [np.ptp(tile, axis=2).max() < 1e-3 for tile in out]
-    assert 0 < sum(gray) < 30  # a fifth become a gray camera's frames, the rest stay colour
+    empty = np.zeros(tiles.shape[:3], np.float32)
+    out, _ = augment(tiles, empty, np.random.default_rng(0), 0.0)
+    gray = np.array([np.ptp(tile, axis=2).max() < 1e-3 for tile in out])
+    assert 0 < gray.sum() < 30  # a fifth become a gray camera's frames, the rest stay colour
+    # gray_fraction sets that share and changes nothing else: the draws are the same.
+    none, _ = augment(tiles, empty, np.random.default_rng(0), 0.0, gray_fraction=0.0)
+    every, _ = augment(tiles, empty, np.random.default_rng(0), 0.0, gray_fraction=1.0)
+    assert not any(np.ptp(tile, axis=2).max() < 1e-3 for tile in none)
+    assert all(np.ptp(tile, axis=2).max() < 1e-3 for tile in every)
+    np.testing.assert_array_equal(none[~gray], out[~gray])
+    np.testing.assert_array_equal(every[gray], out[gray])
+    with pytest.raises(ValueError, match='gray_fraction'):
+        micro_config(tmp_path, gray_fraction=1.5)
     config = micro_config(tmp_path, architecture='test-cnn', data=str(data), scenes=0,
                           val_data=str(data), val_scenes=2, input_color='rgb', steps=3,
                           val_every=3, dense_weight=0.5, stage='sam')

@@ -100,6 +100,10 @@ class TrainConfig:
     # augment: share of tiles turned to their photographic negative (a satellite's panels and
     # body may be darker or lighter than the ground; real photographs are rarely inverted)
     invert_probability: float = 0.2
+    # augment, input_color 'rgb': share of colour tiles turned to their luminance in all three
+    # channels, so a colour model still knows a gray camera's frames (more: better on gray
+    # frames, fewer colour examples)
+    gray_fraction: float = 0.2
     crop_size: int = 128  # stage 'dense': square crops cut from the tiles
     # Share of a batch's negatives drawn by how strongly the model last fired on them (hard
     # negatives); the rest uniformly. 0 = all uniform.
@@ -167,7 +171,8 @@ class TrainConfig:
                 raise ValueError('%s=true needs init_from (the smaller model) and a '
                                  'CNN-encoder architecture (one of %s), not %r'
                                  % (name, sorted(CNN_ARCHITECTURES), self.architecture))
-        for name in ('hard_negative_fraction', 'hard_positive_fraction', 'invert_probability'):
+        for name in ('hard_negative_fraction', 'hard_positive_fraction', 'invert_probability',
+                     'gray_fraction'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError('%s=%r must be in [0, 1]' % (name, getattr(self, name)))
         if self.stage == 'dense' and (self.crop_size < 32 or self.crop_size > self.tile_size
@@ -495,7 +500,8 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     tiles = tiles.astype(np.float32)
     masks = masks.astype(np.float32) / 255.0
     if config.augment:
-        tiles, masks = augment(tiles, masks, rng, config.invert_probability)
+        tiles, masks = augment(tiles, masks, rng, config.invert_probability,
+                               config.gray_fraction)
     return tiles, masks, chosen
 
 
@@ -522,20 +528,19 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
     return out_tiles, out_masks
 
 
-#: augment: share of colour tiles turned gray; Rec. 601 weights (tiling.to_luma's)
-GRAY_PROBABILITY = 0.2
+#: augment: Rec. 601 weights (tiling.to_luma's)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-            invert_probability: float):
+            invert_probability: float, gray_fraction: float = 0.2):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
-    The random draws do not depend on ``invert_probability`` (only what is done with them).
-    Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a white-balance shift)
-    and, with probability GRAY_PROBABILITY, become their luminance in all three channels (so a
-    colour model still knows gray frames); drawn after the rest, so gray tiles draw exactly
-    what they did before colour existed.
+    The random draws do not depend on ``invert_probability`` or ``gray_fraction`` (only what
+    is done with them). Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a
+    white-balance shift) and, with probability ``gray_fraction``, become their luminance in
+    all three channels (so a colour model still knows gray frames); drawn after the rest, so
+    gray tiles draw exactly what they did before colour existed.
     """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
@@ -554,7 +559,7 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
         tile = tile + rng.normal(0, rng.uniform(0, 0.02), tile.shape)
         if tile.ndim == 3:
             tile = tile * rng.uniform(0.9, 1.1, 3)
-            if rng.random() < GRAY_PROBABILITY:  # a gray camera's frame: three equal channels
+            if rng.random() < gray_fraction:  # a gray camera's frame: three equal channels
                 tile = np.repeat(tile @ LUMA_WEIGHTS, 3).reshape(tile.shape)
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
