@@ -31,7 +31,7 @@ from sat_seg_ros.backends import Backend
 from sat_seg_ros.config import (_check_int, atomic_write_text, INPUT_COLORS, SegmenterConfig,
                                 write_model_info)
 from sat_seg_ros.segmenter import Segmenter
-from sat_seg_ros.tiling import resize, TileGrid
+from sat_seg_ros.tiling import resize, TileGrid, to_luma
 from sat_seg_training.losses import LOSSES, satellite_surroundings, segmentation_loss
 from sat_seg_training.models import ARCHITECTURES, CNN_ARCHITECTURES
 
@@ -528,10 +528,6 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
     return out_tiles, out_masks
 
 
-#: augment: Rec. 601 weights (tiling.to_luma's)
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
-
-
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
             invert_probability: float, gray_fraction: float = 0.2):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
@@ -560,7 +556,7 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
         if tile.ndim == 3:
             tile = tile * rng.uniform(0.9, 1.1, 3)
             if rng.random() < gray_fraction:  # a gray camera's frame: three equal channels
-                tile = np.repeat(tile @ LUMA_WEIGHTS, 3).reshape(tile.shape)
+                tile = np.repeat(to_luma(tile)[..., None], 3, axis=2)
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
     return out_tiles, out_masks
