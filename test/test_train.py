@@ -273,7 +273,7 @@ def test_jittered_boxes_contain_most_of_the_mask():
 def test_presets_load_and_validate():
     for path in sorted((ROOT / 'configs').glob('*.yaml')):
         config = load_config(str(path))
-        assert config.steps > 0 or config.epochs > 0, path
+        assert config.steps > 0 or config.epochs > 0 or config.plan_minutes > 0, path
     report = load_config(str(ROOT / 'configs' / 'report.yaml'))
     assert report.freeze == ['vision_encoder', 'prompt_encoder']
     assert (report.loss, report.optimizer, report.lr, report.epochs) == ('dice_ce', 'adam',

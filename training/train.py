@@ -38,6 +38,11 @@ from sat_seg_training.models import ARCHITECTURES, CNN_ARCHITECTURES
 LOG = logging.getLogger(__name__)
 
 TRAIN_PROMPTS = ('inference', 'bbox_jitter')
+#: Where a batch is drawn and augmented: 'numpy' on the CPU, tile by tile (draw for draw what
+#: every run before 'torch' existed did), or 'torch': the tile pool on the training device, the
+#: batch drawn in one vectorised pass and augmented there (the same augmentations from another
+#: random stream), which keeps a GPU busy instead of waiting on the CPU.
+PIPELINES = ('numpy', 'torch')
 #: 'sam': the whole model on 256 tiles; 'dense': the image encoder with a dense head on crops.
 STAGES = ('sam', 'dense')
 PRECISIONS = ('fp32', 'bf16', 'auto')
@@ -48,7 +53,7 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
 #: precision is one of them: under autocast the weights, optimizer state and loss stay fp32, so a
 #: checkpoint continues in either precision, and which one is fast depends on the machine.
 RUN_ONLY_SETTINGS = ('threads', 'workers', 'max_minutes', 'log_every', 'checkpoint_every',
-                     'precision')
+                     'precision', 'data_workers')
 
 
 @dataclasses.dataclass
@@ -71,14 +76,25 @@ class TrainConfig:
     grid_points: int = 4
     freeze: List[str] = dataclasses.field(default_factory=list)  # SamModel parameter prefixes
     # data
-    data: str = 'shapes'  # 'shapes' (generic shapes made here) or a dataset folder
+    # 'shapes' (generic shapes made here), a dataset folder, or 'synth': ``scenes`` scenes of
+    # `sat-seg synth` made on the fly (the run's seed; never written to disk), by data_workers
+    # processes, each cutting its scenes' tiles (the pool is the same whatever their number).
+    data: str = 'shapes'
     # How scenes enter the model, written into the exported sat_seg.json for the runtime to do
     # the same: 'luma' turns every scene gray (Rec. 601); 'rgb' keeps colour scenes' channels
     # (gray ones become three equal channels) and adds a colour jitter to the augmentation.
     input_color: str = 'luma'
     scenes: int = 2000  # shapes: scenes made; folder: images used (0 = all)
-    val_data: str = 'shapes'
+    val_data: str = 'shapes'  # the same choices; 'synth' scenes with seed + 10000
     val_scenes: int = 100
+    # data 'synth': sat-seg synth's --backgrounds (a folder of aerial photographs; '' =
+    # procedural terrain only), --exclude-backgrounds (a file of name stems never to use),
+    # --photo-fraction and --neg-frac; colour scenes when input_color is 'rgb'
+    backgrounds: str = ''
+    exclude_backgrounds: str = ''
+    photo_fraction: float = 0.6
+    neg_frac: float = 0.2
+    data_workers: int = 1
     model_sizes: List[int] = dataclasses.field(default_factory=lambda: [512])
     size_weights: List[float] = dataclasses.field(default_factory=lambda: [1.0])
     # Each scene is cut at each model size times a factor drawn log-uniformly from
@@ -97,6 +113,7 @@ class TrainConfig:
     train_prompt: str = 'inference'  # 'inference' or 'bbox_jitter' (the report's)
     box_jitter: float = 0.1  # bbox_jitter: max shift of each side, as a fraction of box size
     augment: bool = True
+    pipeline: str = 'numpy'  # see PIPELINES
     # augment: share of tiles turned to their photographic negative (a satellite's panels and
     # body may be darker or lighter than the ground; real photographs are rarely inverted)
     invert_probability: float = 0.2
@@ -129,7 +146,7 @@ class TrainConfig:
     schedule: str = 'cosine'  # 'cosine' or 'constant' (after warmup)
     warmup_steps: int = 100
     batch_size: int = 16
-    steps: int = 0  # 0: derived from epochs
+    steps: int = 0  # 0: derived from epochs, or from plan_minutes
     epochs: float = 0.0  # passes over the tile pool (used when steps is 0)
     grad_clip: float = 1.0
     # 'fp32', or 'bf16': the forward pass under autocast to bfloat16 (weights, optimizer and
@@ -146,6 +163,10 @@ class TrainConfig:
     threads: int = 2
     workers: int = 1  # CPU: the batch split over concurrent workers, threads // workers each
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # With steps and epochs 0: train for this many minutes (from the first step, the tile pool
+    # built). The step count is planned once, at the end of warmup, from the steps per second
+    # measured so far, so that the schedule (cosine) ends on time; a resumed run keeps it.
+    plan_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -172,7 +193,7 @@ class TrainConfig:
                                  'CNN-encoder architecture (one of %s), not %r'
                                  % (name, sorted(CNN_ARCHITECTURES), self.architecture))
         for name in ('hard_negative_fraction', 'hard_positive_fraction', 'invert_probability',
-                     'gray_fraction'):
+                     'gray_fraction', 'photo_fraction', 'neg_frac'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError('%s=%r must be in [0, 1]' % (name, getattr(self, name)))
         if self.stage == 'dense' and (self.crop_size < 32 or self.crop_size > self.tile_size
@@ -205,12 +226,29 @@ class TrainConfig:
             raise ValueError('positive_fraction=%r must be in [0, 1]' % self.positive_fraction)
         if not 0.0 <= self.small_object_power <= 2.0:
             raise ValueError('small_object_power=%r must be in [0, 2]' % self.small_object_power)
-        if self.steps <= 0 and self.epochs <= 0:
-            raise ValueError('set steps > 0 or epochs > 0 (got steps=%r, epochs=%r)'
-                             % (self.steps, self.epochs))
+        if self.pipeline not in PIPELINES:
+            raise ValueError('pipeline=%r is not one of %s' % (self.pipeline, PIPELINES))
+        if self.pipeline == 'torch' and self.stage == 'dense':
+            raise ValueError("pipeline 'torch' trains stage 'sam'; stage 'dense' (crops) runs "
+                             "with pipeline 'numpy'")
+        if self.plan_minutes < 0:
+            raise ValueError('plan_minutes=%r must be >= 0' % (self.plan_minutes,))
+        if self.steps <= 0 and self.epochs <= 0 and self.plan_minutes <= 0:
+            raise ValueError('set steps > 0, epochs > 0 or plan_minutes > 0 (got steps=%r, '
+                             'epochs=%r)' % (self.steps, self.epochs))
+        if self.plan_minutes > 0 and (self.steps > 0 or self.epochs > 0):
+            raise ValueError('plan_minutes=%r plans the step count: set steps=0 and epochs=0 '
+                             '(got %r, %r)' % (self.plan_minutes, self.steps, self.epochs))
+        if self.data == 'synth' and self.scenes < 1:
+            raise ValueError("data 'synth' makes `scenes` scenes: set scenes >= 1, not %r"
+                             % (self.scenes,))
+        if 'synth' in (self.data, self.val_data) and self.backgrounds and not os.path.isdir(
+                self.backgrounds):
+            raise ValueError('backgrounds=%r is not a folder (of aerial photographs for data '
+                             "'synth'; '' = procedural terrain only)" % (self.backgrounds,))
         _check_int(self, 'max_detections', minimum=0)  # 0 keeps every component
         for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
-                     'workers'):
+                     'workers', 'data_workers'):
             if getattr(self, name) < 1:
                 raise ValueError('%s=%r must be >= 1' % (name, getattr(self, name)))
 
@@ -267,20 +305,79 @@ def _rgb_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(to_float_rgb(image) + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_scenes(source: str, count: int, seed: int, color: bool = False) -> List[Scene]:
-    """Return scenes from 'shapes' (``count`` made with ``seed``) or a dataset folder.
+@dataclasses.dataclass(frozen=True)
+class SynthSource:
+    """What data 'synth' makes: `sat-seg synth`'s settings (see TrainConfig)."""
+
+    backgrounds: str = ''
+    exclude_backgrounds: str = ''
+    photo_fraction: float = 0.6
+    neg_frac: float = 0.2
+
+    @classmethod
+    def of(cls, config: 'TrainConfig') -> 'SynthSource':
+        return cls(config.backgrounds, config.exclude_backgrounds, config.photo_fraction,
+                   config.neg_frac)
+
+    def paths(self) -> list:
+        """Return the usable photographs (sorted; raise ValueError saying why there are none)."""
+        if not self.backgrounds:
+            return []
+        from sat_seg_training.backgrounds import read_exclude_list, select_backgrounds
+
+        exclude = Path(self.exclude_backgrounds) if self.exclude_backgrounds else None
+        return select_backgrounds(Path(self.backgrounds), read_exclude_list(exclude))
+
+    def jobs(self, count: int, seed: int, color: bool, paths: Sequence) -> list:
+        """Return synth's jobs for scenes 0..count-1 of ``seed``.
+
+        They make exactly the scenes `sat-seg synth --n count --seed seed` writes (the same
+        photographs, the same colour).
+        """
+        from sat_seg_training.synth import negative_indices
+
+        negatives = negative_indices(count, self.neg_frac, seed)
+        share = self.photo_fraction if paths else 0.0
+        return [(seed, index, index not in negatives, share, bool(color))
+                for index in range(count)]
+
+
+def _synth_scene(job, color: bool) -> Scene:
+    """Make one synth scene (synth's worker bank must be set: synth._init_worker)."""
+    from sat_seg_training import synth
+
+    sample = synth._make(job)
+    image = (_rgb_uint8 if color else _gray_uint8)(sample.image)
+    mask = sample.mask if sample.mask is not None else np.zeros(image.shape[:2], bool)
+    return Scene(image, np.asarray(mask, bool))
+
+
+def load_scenes(source: str, count: int, seed: int, color: bool = False,
+                synth: Optional[SynthSource] = None) -> List[Scene]:
+    """Return scenes from 'shapes' (``count`` made with ``seed``), 'synth' or a dataset folder.
 
     Gray (HxW) by default; with ``color`` RGB (HxWx3, gray images as three equal channels).
+    'synth' makes ``count`` scenes of ``seed`` as ``synth`` says (default: procedural only).
     """
-    return list(iter_scenes(source, count, seed, color))
+    return list(iter_scenes(source, count, seed, color, synth))
 
 
-def iter_scenes(source: str, count: int, seed: int, color: bool = False) -> Iterator[Scene]:
+def iter_scenes(source: str, count: int, seed: int, color: bool = False,
+                synth: Optional[SynthSource] = None) -> Iterator[Scene]:
     """Yield load_scenes' scenes one at a time (a large training set is never all in memory).
 
     A dataset record with a bbox but no mask is refused before any image is read.
     """
     convert = _rgb_uint8 if color else _gray_uint8
+    if source == 'synth':
+        from sat_seg_training import synth as synth_module
+
+        synth = synth or SynthSource()
+        paths = synth.paths()
+        synth_module._init_worker(paths)
+        for job in synth.jobs(count, seed, color, paths):
+            yield _synth_scene(job, color)
+        return
     if source == 'shapes':
         from sat_seg_training.shapes import make_scene
 
@@ -392,34 +489,98 @@ def build_pool(scenes: Iterable[Scene], config: TrainConfig, seed: int) -> TileP
     rng = np.random.default_rng(seed)
     # Its own stream, so that jitter off leaves the pool exactly as before it existed.
     jitter_rng = np.random.default_rng([seed, 1])
+    parts = [cut_scene(scene, config, rng, jitter_rng) for scene in scenes]
+    return _join_parts(parts, 'no training scenes: the data folder holds no images')
+
+
+def cut_scene(scene: Scene, config: TrainConfig, rng: np.random.Generator,
+              jitter_rng: np.random.Generator) -> tuple:
+    """Cut one scene at each model size; return its (tiles, masks, sizes, positive, object_px).
+
+    ``rng`` picks the empty tiles kept, ``jitter_rng`` the jittered sizes (see build_pool).
+    """
     log_jitter = math.log(config.size_jitter)
     tiles, masks, sizes, positive, object_px = [], [], [], [], []
     t = config.tile_size
-    for scene in scenes:
-        for size_index, nominal in enumerate(config.model_sizes):
-            size = nominal
-            if log_jitter > 0:
-                factor = math.exp(jitter_rng.uniform(-log_jitter, log_jitter))
-                size = max(t, int(round(nominal * factor)))
-            grid = TileGrid(size, size, t, 0)
-            image = resize(scene.image, size, size)
-            mask = resize(scene.mask.astype(np.float32), size, size)
-            image_tiles = grid.cut(image)
-            mask_tiles = np.clip(grid.cut(mask) * 255 + 0.5, 0, 255).astype(np.uint8)
-            pixels = (mask_tiles >= 128).reshape(len(mask_tiles), -1).sum(1)
-            is_pos = pixels >= config.min_object_px
-            empty = np.flatnonzero(~is_pos)
-            keep = np.concatenate([np.flatnonzero(is_pos), rng.permutation(empty)[
-                :config.negatives_per_scene]])
-            tiles.append(image_tiles[keep])
-            masks.append(mask_tiles[keep])
-            sizes.append(np.full(len(keep), size_index))
-            positive.append(is_pos[keep])
-            object_px.append(np.full(len(keep), float(mask.sum()), np.float32))
-    if not tiles:
-        raise ValueError('no training scenes: the data folder holds no images')
-    return TilePool(_concatenate_consuming(tiles), _concatenate_consuming(masks),
-                    np.concatenate(sizes), np.concatenate(positive), np.concatenate(object_px))
+    for size_index, nominal in enumerate(config.model_sizes):
+        size = nominal
+        if log_jitter > 0:
+            factor = math.exp(jitter_rng.uniform(-log_jitter, log_jitter))
+            size = max(t, int(round(nominal * factor)))
+        grid = TileGrid(size, size, t, 0)
+        image = resize(scene.image, size, size)
+        mask = resize(scene.mask.astype(np.float32), size, size)
+        image_tiles = grid.cut(image)
+        mask_tiles = np.clip(grid.cut(mask) * 255 + 0.5, 0, 255).astype(np.uint8)
+        pixels = (mask_tiles >= 128).reshape(len(mask_tiles), -1).sum(1)
+        is_pos = pixels >= config.min_object_px
+        empty = np.flatnonzero(~is_pos)
+        keep = np.concatenate([np.flatnonzero(is_pos), rng.permutation(empty)[
+            :config.negatives_per_scene]])
+        tiles.append(image_tiles[keep])
+        masks.append(mask_tiles[keep])
+        sizes.append(np.full(len(keep), size_index))
+        positive.append(is_pos[keep])
+        object_px.append(np.full(len(keep), float(mask.sum()), np.float32))
+    return (np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
+            np.concatenate(positive), np.concatenate(object_px))
+
+
+def _join_parts(parts: List[tuple], empty_message: str) -> TilePool:
+    if not parts:
+        raise ValueError(empty_message)
+    columns = [list(column) for column in zip(*parts)]
+    parts.clear()  # the tiles are held once, in columns, while they are joined
+    return TilePool(_concatenate_consuming(columns[0]), _concatenate_consuming(columns[1]),
+                    np.concatenate(columns[2]), np.concatenate(columns[3]),
+                    np.concatenate(columns[4]))
+
+
+_POOL_WORKER: Dict[str, Any] = {}
+
+
+def _init_pool_worker(paths, config: Dict[str, Any]) -> None:
+    from sat_seg_training import synth
+
+    synth._init_worker(paths)
+    _POOL_WORKER['config'] = TrainConfig(**config)
+
+
+def _synth_part(job) -> tuple:
+    config = _POOL_WORKER['config']
+    seed, index = job[0], job[1]
+    scene = _synth_scene(job, config.input_color == 'rgb')
+    # Streams of the scene's own (not one running through the set as build_pool's), so the
+    # pool does not depend on how the scenes are shared between processes.
+    return cut_scene(scene, config, np.random.default_rng([seed, index, 5]),
+                     np.random.default_rng([seed, index, 6]))
+
+
+def build_synth_pool(config: TrainConfig, progress: bool = False) -> TilePool:
+    """Make data 'synth''s ``scenes`` scenes and cut them into the tile pool.
+
+    ``data_workers`` processes each make and cut whole scenes (a scene is never written to
+    disk); the pool is identical whatever their number.
+    """
+    synth = SynthSource.of(config)
+    paths = synth.paths()
+    jobs = synth.jobs(config.scenes, config.seed, config.input_color == 'rgb', paths)
+    settings = dataclasses.asdict(config)
+    workers = max(1, min(config.data_workers, len(jobs)))
+    if workers == 1:
+        _init_pool_worker(paths, settings)
+        parts = [_synth_part(job) for job in jobs]
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context('spawn').Pool(
+                workers, _init_pool_worker, (paths, settings)) as pool:
+            parts = []
+            for part in pool.imap(_synth_part, jobs, chunksize=4):
+                parts.append(part)
+                if progress and len(parts) % 500 == 0:
+                    LOG.info('synth pool: %d of %d scenes', len(parts), len(jobs))
+    return _join_parts(parts, 'no training scenes')
 
 
 def pool_digest(pool: TilePool) -> str:
@@ -469,6 +630,134 @@ def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         else:
             chosen.append(int(rng.choice(ids)))
     return np.asarray(chosen, np.int64)
+
+
+def pool_groups(pool: TilePool, sizes: int) -> Dict[tuple, np.ndarray]:
+    """Return the pool indices of each (positive, size index) group, for sample_ids_vectorized.
+
+    An empty group falls back to all tiles of its kind (as sample_ids does), and a kind the pool
+    lacks to the other one.
+    """
+    groups = {}
+    for positive in (True, False):
+        kind = np.flatnonzero(pool.positive == positive)
+        if not len(kind):
+            kind = np.arange(len(pool.positive))
+        for size_index in range(sizes):
+            in_size = kind[pool.size_index[kind] == size_index]
+            groups[positive, size_index] = in_size if len(in_size) else kind
+    return groups
+
+
+def sample_ids_vectorized(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
+                          hardness: Optional[np.ndarray], groups: Dict[tuple, np.ndarray]
+                          ) -> np.ndarray:
+    """Return a batch's pool indices (B,) as sample_ids draws them, in one pass per group.
+
+    The same distribution as sample_ids (positive_fraction, size_weights, hard and small-object
+    weights), not the same draws: each (positive, size) group's rows are drawn together, so a
+    batch costs a few passes over the pool instead of one per row (pipeline 'torch').
+    """
+    count = config.batch_size
+    weights = np.asarray(config.size_weights, np.float64)
+    weights = weights / weights.sum()
+    want_positive = rng.random(count) < config.positive_fraction
+    if not pool.positive.any():
+        want_positive[:] = False
+    elif pool.positive.all():
+        want_positive[:] = True
+    size = rng.choice(len(weights), size=count, p=weights)
+    coin = rng.random(count)
+    chosen = np.empty(count, np.int64)
+    for (positive, size_index), ids in groups.items():
+        rows = np.flatnonzero((want_positive == positive) & (size == size_index))
+        if not len(rows):
+            continue
+        share = config.hard_positive_fraction if positive else config.hard_negative_fraction
+        hard = coin[rows] < share if hardness is not None else np.zeros(len(rows), bool)
+        if hard.any():
+            score = hardness[ids].astype(np.float64) + 1e-3
+            chosen[rows[hard]] = rng.choice(ids, int(hard.sum()), p=score / score.sum())
+        easy = rows[~hard]
+        if len(easy) and positive and config.small_object_power > 0:
+            score = np.maximum(pool.object_px[ids].astype(np.float64), 1.0) ** (
+                -config.small_object_power)
+            chosen[easy] = rng.choice(ids, len(easy), p=score / score.sum())
+        elif len(easy):
+            chosen[easy] = rng.choice(ids, len(easy))
+    return chosen
+
+
+#: Rec. 601 luminance weights, tiling.to_luma's (OpenCV's), for tiles that are torch tensors.
+LUMA_601 = (0.299, 0.587, 0.114)
+
+
+def augment_torch(tiles, masks, generator, invert_probability: float,
+                  gray_fraction: float = 0.2):
+    """augment()'s transforms on a batch of torch tensors, all tiles at once (pipeline 'torch').
+
+    ``tiles`` (B, s, s) or (B, s, s, 3) float 0..255 and ``masks`` (B, s, s) on one device;
+    ``generator`` a torch.Generator on it. The same transforms and ranges as augment (dihedral
+    flips, inversion, gamma, contrast and brightness, sensor noise; colour: channel gains and
+    gray tiles), drawn from the generator.
+    """
+    import torch
+
+    count, device = len(tiles), tiles.device
+    colour = tiles.ndim == 4
+
+    def uniform(low, high, *shape):
+        return torch.rand((count,) + shape, generator=generator, device=device) * (
+            high - low) + low
+
+    def per_tile(values):  # (B,) -> (B, 1, 1[, 1]); colour gains (B, 3) -> (B, 1, 1, 3)
+        if values.ndim == 2:
+            return values.view(count, 1, 1, values.shape[1])
+        return values.view((count,) + (1,) * (3 if colour else 2))
+
+    turns = torch.randint(0, 4, (count,), generator=generator, device=device)
+    mirror = uniform(0, 1) < 0.5
+    tiles, masks = tiles.clone(), masks.clone()
+    for quarter in range(1, 4):
+        rows = torch.nonzero(turns == quarter).flatten()
+        if len(rows):
+            tiles[rows] = torch.rot90(tiles[rows], quarter, (1, 2))
+            masks[rows] = torch.rot90(masks[rows], quarter, (1, 2))
+    rows = torch.nonzero(mirror).flatten()
+    if len(rows):
+        tiles[rows] = tiles[rows].flip(2)
+        masks[rows] = masks[rows].flip(2)
+    tiles = tiles / 255.0
+    invert = uniform(0, 1) < invert_probability
+    tiles = torch.where(per_tile(invert), 1.0 - tiles, tiles)
+    tiles = tiles.clamp(0, 1) ** per_tile(torch.exp(uniform(-0.4, 0.4)))
+    mean = tiles.mean(dim=tuple(range(1, tiles.ndim)))
+    tiles = ((tiles - per_tile(mean)) * per_tile(uniform(0.7, 1.3)) + per_tile(mean)
+             + per_tile(uniform(-0.1, 0.1)))
+    noise = torch.randn(tiles.shape, generator=generator, device=device)
+    tiles = tiles + noise * per_tile(uniform(0, 0.02))
+    if colour:
+        tiles = tiles * per_tile(uniform(0.9, 1.1, 3))
+        luma = (tiles * torch.tensor(LUMA_601, device=device, dtype=tiles.dtype)).sum(
+            -1, keepdim=True)
+        gray = uniform(0, 1) < gray_fraction
+        tiles = torch.where(per_tile(gray), luma.expand_as(tiles), tiles)
+    return tiles.clamp(0, 1) * 255.0, masks
+
+
+def preprocess_torch(tiles, input_size: int):
+    """preprocess_tiles for a torch batch (B, t, t[, 3]) 0..255 on any device: (B, 3, S, S)."""
+    import torch
+
+    from sat_seg_ros.backends import PIXEL_MEAN, PIXEL_STD
+
+    pixels = (tiles[..., None] if tiles.ndim == 3 else tiles).permute(0, 3, 1, 2)
+    if pixels.shape[-1] != input_size:
+        pixels = torch.nn.functional.interpolate(pixels, size=(input_size, input_size),
+                                                 mode='bilinear', align_corners=False)
+    mean = torch.as_tensor(PIXEL_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(PIXEL_STD, device=pixels.device).view(1, 3, 1, 1)
+    return ((pixels - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def miss_scores(logits, truth, near):
@@ -811,7 +1100,8 @@ class ModuleBackend(Backend):
         import torch
 
         with torch.inference_mode():
-            return self.predictor(torch.from_numpy(pixel_values)).float().numpy()
+            device = next(self.predictor.parameters()).device
+            return self.predictor(torch.from_numpy(pixel_values).to(device)).float().cpu().numpy()
 
 
 def validate(model, scenes: Sequence[Scene], prompt_mode: str, grid_points: int,
@@ -870,10 +1160,29 @@ def export_model(model, directory: Path, config: TrainConfig, threshold: float,
 # The loop
 
 
+#: plan_minutes: the step count until it is planned (the schedule is then still in warmup).
+PLANNING = 10 ** 9
+#: plan_minutes: the steps per second are measured from this step to the end of warmup (the
+#: first steps run slower: kernels are chosen, caches filled).
+PLAN_FROM_STEP = 10
+
+
+def plan_steps(config: TrainConfig, step: int, rate: float, elapsed_s: float) -> int:
+    """Return the planned step count of a plan_minutes run at ``step``.
+
+    ``rate`` steps per second, ``elapsed_s`` of the budget spent: the steps that fit into 97 %
+    of what is left (the rest for checkpoints and the final validation), at least one more.
+    """
+    left = max(0.0, 60.0 * config.plan_minutes - elapsed_s)
+    return step + max(1, int(rate * left * 0.97))
+
+
 def total_steps(config: TrainConfig, pool_size: int) -> int:
     """Return the run's step count: ``steps``, or ``epochs`` passes over the tile pool."""
     if config.steps > 0:
         return config.steps
+    if config.plan_minutes > 0:
+        return PLANNING  # until train() plans it
     return max(1, int(math.ceil(config.epochs * pool_size / config.batch_size)))
 
 
@@ -918,12 +1227,21 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if head_state is not None:
             head.load_state_dict(head_state)
     trainable = apply_freeze(model, config.freeze)
+    # The whole model on the training device, not only the parts a step runs: the prompt
+    # encoder computes the validation predictor's fixed prompt where the decoder runs.
+    model.to(accelerator.device)
+    if head is not None:
+        head.to(accelerator.device)
 
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
     color = config.input_color == 'rgb'
-    pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
-                      config.seed)
-    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color)
+    if config.data == 'synth':
+        pool = build_synth_pool(config, progress=progress)
+    else:
+        pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
+                          config.seed)
+    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color,
+                             SynthSource.of(config))
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
     data_digest = pool_digest(pool)
     if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
@@ -932,8 +1250,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                     'library versions?); the run continues, but not bit-identical to an '
                     'uninterrupted one', out, checkpoint['data_digest'], data_digest)
     steps = total_steps(config, len(pool.tiles))
-    LOG.info('pool: %d tiles (%d positive); %d steps of %d; %d trainable parameters',
-             len(pool.tiles), int(pool.positive.sum()), steps, config.batch_size, trainable)
+    planned = None  # plan_minutes: the planned step count, once set
+    if checkpoint is not None and checkpoint.get('planned_steps'):
+        planned = steps = checkpoint['planned_steps']
+    LOG.info('pool: %d tiles (%d positive); %s steps of %d; %d trainable parameters',
+             len(pool.tiles), int(pool.positive.sum()),
+             'planned at the end of warmup:' if steps == PLANNING else steps, config.batch_size,
+             trainable)
 
     # Per pool tile, what the model last did on it: a negative's peak probability, a
     # positive's miss score (hard_positive_fraction); 1 = not seen yet.
@@ -966,6 +1289,15 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
     pixel_size = config.crop_size if config.stage == 'dense' else input_size
     net, optimizer = accelerator.prepare(net, optimizer)
+    device = accelerator.device
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms
+    groups = pool_tiles = pool_masks = None
+    if config.pipeline == 'torch':
+        # The whole pool on the training device (uint8), drawn from and augmented there.
+        groups = pool_groups(pool, len(config.model_sizes))
+        pool_tiles = torch.from_numpy(pool.tiles).to(device)
+        pool_masks = torch.from_numpy(pool.masks).to(device)
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
     worker_threads = max(1, config.threads // workers)
@@ -981,7 +1313,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                  'sam_config': model.config.to_dict(), 'optimizer': optimizer.state_dict(),
                  'train_config': dataclasses.asdict(config), 'step': step, 'best': best,
                  'history': history, 'elapsed_s': time.time() - started,
-                 'hardness': hardness.copy(), 'data_digest': data_digest}
+                 'loop_elapsed_s': time.time() - loop_started,
+                 'hardness': hardness.copy(), 'data_digest': data_digest,
+                 'planned_steps': planned}
         if head is not None:
             state['dense_head'] = head.state_dict()
         # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
@@ -998,16 +1332,33 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                desc=config.name, dynamic_ncols=True)
     running = []
     stop_reason = 'done'
+    loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
+    rate_mark = None  # plan_minutes: (step, time) where the rate measurement starts
     while step < steps:
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-        tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
-        pixels = preprocess_tiles(tiles if tiles.ndim == 4 else tiles[..., None], pixel_size)
-        # Channels-last input: the convolutions run in oneDNN's / cuDNN's preferred layout
-        # (sat-cnn-fine, bf16, one CPU thread, three rounds beside a training run: 0.29-0.35 s
-        # against 0.35-0.38 s per forward and backward of 16 tiles); only rounding can differ.
-        pixels = torch.from_numpy(pixels).to(accelerator.device).contiguous(
-            memory_format=torch.channels_last)
-        target = torch.from_numpy(np.ascontiguousarray(masks)).to(accelerator.device)
+        if config.pipeline == 'torch':
+            chosen = sample_ids_vectorized(pool, config, rng, hardness, groups)
+            index = torch.from_numpy(chosen).to(device)
+            target = pool_masks[index].float() / 255.0
+            tiles = pool_tiles[index].float()
+            if config.augment:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(int(rng.integers(2 ** 62)))
+                tiles, target = augment_torch(tiles, target, generator,
+                                              config.invert_probability, config.gray_fraction)
+            pixels = preprocess_torch(tiles, pixel_size)
+            masks = None if fixed else target.cpu().numpy()
+        else:
+            tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
+            pixels = preprocess_tiles(tiles if tiles.ndim == 4 else tiles[..., None],
+                                      pixel_size)
+            # Channels-last input: the convolutions run in oneDNN's / cuDNN's preferred layout
+            # (sat-cnn-fine, bf16, one CPU thread, three rounds beside a training run: 0.29-0.35
+            # s against 0.35-0.38 s per forward and backward of 16 tiles); only rounding can
+            # differ.
+            pixels = torch.from_numpy(pixels).to(device).contiguous(
+                memory_format=torch.channels_last)
+            target = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
         for group in optimizer.param_groups:
             group['lr'] = learning_rate(config, step, steps)
         boxes = None if fixed else torch.from_numpy(
@@ -1073,6 +1424,15 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
+        if planned is None and config.plan_minutes > 0:
+            if rate_mark is None and step >= PLAN_FROM_STEP:
+                rate_mark = (step, time.time())
+            elif rate_mark and step >= max(config.warmup_steps, rate_mark[0] + 5):
+                rate = (step - rate_mark[0]) / max(1e-6, time.time() - rate_mark[1])
+                planned = steps = plan_steps(config, step, rate, time.time() - loop_started)
+                bar.total = steps
+                LOG.info('plan_minutes %.1f: %.2f steps/s, %d steps planned', config.plan_minutes,
+                         rate, steps)
         if step % config.log_every == 0 or step == steps:
             record = {'step': step, 'loss': float(np.mean(running)),
                       'lr': optimizer.param_groups[0]['lr'],
