@@ -37,6 +37,8 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, env):
     not_a_set = _run([checkpoint, tmp_path / 'out', tmp_path / 'val'], env)
     assert not_a_set.returncode == 1 and 'not a dataset folder' in not_a_set.stderr
     (tmp_path / 'val' / 'annotations.json').write_text('{}')
+    bad_gray = _run([checkpoint, tmp_path / 'out', tmp_path / 'val', tmp_path / 'nope'], env)
+    assert bad_gray.returncode == 1 and 'nope is not a dataset folder' in bad_gray.stderr
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'keep.txt').write_text('mine')
     taken = _run([checkpoint, tmp_path / 'out', tmp_path / 'val'], env)
@@ -71,3 +73,16 @@ def test_a_checkpoint_becomes_a_folder_calibrated_at_512_1024_fused_and_accurate
     segmenter = Segmenter.from_model(out, mode='accurate')
     assert (segmenter.config.flips, segmenter.config.tile_overlap) == (4, 64)
     assert segmenter.config.threshold == accurate['threshold']
+    assert 'gray' not in info['modes']
+    # With the gray twins of the validation scenes: the mode 'gray' as well.
+    gray = subprocess.run([env['SAT_SEG'], 'synth', '--out', str(tmp_path / 'gray'), '--n', '3',
+                           '--seed', '6', '--contact', '0', '--workers', '1'],
+                          capture_output=True, text=True, timeout=300)
+    assert gray.returncode == 0, gray.stderr
+    with_gray = _run([tmp_path / 'run' / 'last.pt', tmp_path / 'with_gray', tmp_path / 'val',
+                      tmp_path / 'gray'], env)
+    assert with_gray.returncode == 0, with_gray.stderr[-3000:]
+    modes = json.loads((tmp_path / 'with_gray' / 'sat_seg.json').read_text())['modes']
+    assert set(modes) == {'accurate', 'gray'}
+    assert modes['gray']['calibration']['dataset'] == str(tmp_path / 'gray')
+    assert (modes['gray']['flips'], modes['gray']['tile_overlap']) == (1, 0)
