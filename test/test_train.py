@@ -481,6 +481,18 @@ def test_input_color_rgb_trains_on_colour_tiles_and_the_model_says_so(tmp_path):
     np.testing.assert_array_equal(every[gray], out[gray])
     with pytest.raises(ValueError, match='gray_fraction'):
         micro_config(tmp_path, gray_fraction=1.5)
+    # color_gain 0.1 is the gain every colour run drew; channel_gamma 0 draws nothing more.
+    same, _ = augment(tiles, empty, np.random.default_rng(0), 0.0, 0.2, color_gain=0.1,
+                      channel_gamma=0.0)
+    np.testing.assert_array_equal(same, out)
+    flat, _ = augment(tiles, empty, np.random.default_rng(0), 0.0, 0.0, color_gain=0.0)
+    assert not np.allclose(out[~gray], flat[~gray])  # the gains are color_gain's
+    curved, _ = augment(tiles, empty, np.random.default_rng(0), 0.0, 0.0, channel_gamma=0.5)
+    assert not any(np.ptp(tile, axis=2).max() < 1e-3 for tile in curved)
+    assert np.abs(curved - none).mean() > 1.0  # the per-channel curves changed the tiles
+    for name, value in (('color_gain', 0.9), ('channel_gamma', -0.1)):
+        with pytest.raises(ValueError, match=name):
+            micro_config(tmp_path, **{name: value})
     config = micro_config(tmp_path, architecture='test-cnn', data=str(data), scenes=0,
                           val_data=str(data), val_scenes=2, input_color='rgb', steps=3,
                           val_every=3, dense_weight=0.5, stage='sam')

@@ -120,6 +120,12 @@ def test_torch_augmentation_keeps_each_tile_on_its_mask():
         assert inside > outside + 50  # the block is still where the mask says
     gray = np.ptp(out_tiles, axis=3).max(axis=(1, 2)) < 1e-3
     assert 0.25 < gray.mean() < 0.75  # gray_fraction of the tiles became three equal channels
+    curved, curved_masks = augment_torch(torch.from_numpy(tiles), torch.from_numpy(masks),
+                                         torch.Generator().manual_seed(0), 0.0, 0.0,
+                                         color_gain=0.3, channel_gamma=0.5)
+    for tile, mask in zip(curved.numpy(), curved_masks.numpy()):
+        assert tile[mask > 0.5].mean() > tile[mask < 0.5].mean() + 50
+    assert np.abs(curved.numpy() - out_tiles).mean() > 1.0
     inverted, _ = augment_torch(torch.from_numpy(tiles), torch.from_numpy(masks),
                                 torch.Generator().manual_seed(0), invert_probability=1.0)
     for tile, mask in zip(inverted.numpy(), out_masks):

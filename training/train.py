@@ -121,6 +121,12 @@ class TrainConfig:
     # channels, so a colour model still knows a gray camera's frames (more: better on gray
     # frames, fewer colour examples)
     gray_fraction: float = 0.2
+    # augment, input_color 'rgb': each channel's gain drawn from [1 - color_gain, 1 + color_gain]
+    # (a white-balance error), and with channel_gamma > 0 each channel's gamma from
+    # exp([-channel_gamma, channel_gamma]) (a tone curve that differs per channel, e.g. a warm
+    # one); 0.1 and 0: what every colour run before them did, draw for draw
+    color_gain: float = 0.1
+    channel_gamma: float = 0.0
     crop_size: int = 128  # stage 'dense': square crops cut from the tiles
     # Share of a batch's negatives drawn by how strongly the model last fired on them (hard
     # negatives); the rest uniformly. 0 = all uniform.
@@ -226,6 +232,9 @@ class TrainConfig:
             raise ValueError('positive_fraction=%r must be in [0, 1]' % self.positive_fraction)
         if not 0.0 <= self.small_object_power <= 2.0:
             raise ValueError('small_object_power=%r must be in [0, 2]' % self.small_object_power)
+        if not 0.0 <= self.color_gain <= 0.5 or not 0.0 <= self.channel_gamma <= 1.0:
+            raise ValueError('color_gain=%r must be in [0, 0.5] and channel_gamma=%r in [0, 1]'
+                             % (self.color_gain, self.channel_gamma))
         if self.pipeline not in PIPELINES:
             raise ValueError('pipeline=%r is not one of %s' % (self.pipeline, PIPELINES))
         if self.pipeline == 'torch' and self.stage == 'dense':
@@ -693,7 +702,8 @@ LUMA_601 = (0.299, 0.587, 0.114)
 
 
 def augment_torch(tiles, masks, generator, invert_probability: float,
-                  gray_fraction: float = 0.2):
+                  gray_fraction: float = 0.2, color_gain: float = 0.1,
+                  channel_gamma: float = 0.0):
     """augment()'s transforms on a batch of torch tensors, all tiles at once (pipeline 'torch').
 
     ``tiles`` (B, s, s) or (B, s, s, 3) float 0..255 and ``masks`` (B, s, s) on one device;
@@ -737,10 +747,13 @@ def augment_torch(tiles, masks, generator, invert_probability: float,
     noise = torch.randn(tiles.shape, generator=generator, device=device)
     tiles = tiles + noise * per_tile(uniform(0, 0.02))
     if colour:
-        tiles = tiles * per_tile(uniform(0.9, 1.1, 3))
+        tiles = tiles * per_tile(uniform(1 - color_gain, 1 + color_gain, 3))
+        gray = uniform(0, 1) < gray_fraction
+        if channel_gamma > 0:
+            tiles = tiles.clamp(0, 1) ** per_tile(torch.exp(uniform(-channel_gamma,
+                                                                    channel_gamma, 3)))
         luma = (tiles * torch.tensor(LUMA_601, device=device, dtype=tiles.dtype)).sum(
             -1, keepdim=True)
-        gray = uniform(0, 1) < gray_fraction
         tiles = torch.where(per_tile(gray), luma.expand_as(tiles), tiles)
     return tiles.clamp(0, 1) * 255.0, masks
 
@@ -790,7 +803,7 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
     masks = masks.astype(np.float32) / 255.0
     if config.augment:
         tiles, masks = augment(tiles, masks, rng, config.invert_probability,
-                               config.gray_fraction)
+                               config.gray_fraction, config.color_gain, config.channel_gamma)
     return tiles, masks, chosen
 
 
@@ -818,14 +831,17 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
 
 
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-            invert_probability: float, gray_fraction: float = 0.2):
+            invert_probability: float, gray_fraction: float = 0.2, color_gain: float = 0.1,
+            channel_gamma: float = 0.0):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
-    The random draws do not depend on ``invert_probability`` or ``gray_fraction`` (only what
-    is done with them). Colour tiles (B, s, s, 3) also get a per-channel gain of 0.9-1.1 (a
-    white-balance shift) and, with probability ``gray_fraction``, become their luminance in
-    all three channels (so a colour model still knows gray frames); drawn after the rest, so
-    gray tiles draw exactly what they did before colour existed.
+    The random draws do not depend on ``invert_probability``, ``gray_fraction`` or
+    ``color_gain`` (only what is done with them). Colour tiles (B, s, s, 3) also get a
+    per-channel gain of 1 +- ``color_gain`` (a white-balance shift), with ``channel_gamma`` > 0
+    a per-channel gamma (drawn last, so runs without it keep their draws) and, with probability
+    ``gray_fraction``, become their luminance in all three channels (so a colour model still
+    knows gray frames); drawn after the rest, so gray tiles draw exactly what they did before
+    colour existed.
     """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
@@ -843,8 +859,11 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
         tile = (tile - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-0.1, 0.1)
         tile = tile + rng.normal(0, rng.uniform(0, 0.02), tile.shape)
         if tile.ndim == 3:
-            tile = tile * rng.uniform(0.9, 1.1, 3)
-            if rng.random() < gray_fraction:  # a gray camera's frame: three equal channels
+            tile = tile * rng.uniform(1 - color_gain, 1 + color_gain, 3)
+            gray = rng.random() < gray_fraction  # a gray camera's frame: three equal channels
+            if channel_gamma > 0:
+                tile = np.clip(tile, 0, 1) ** np.exp(rng.uniform(-channel_gamma, channel_gamma, 3))
+            if gray:
                 tile = np.repeat(to_luma(tile)[..., None], 3, axis=2)
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
@@ -1345,7 +1364,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                 generator = torch.Generator(device=device)
                 generator.manual_seed(int(rng.integers(2 ** 62)))
                 tiles, target = augment_torch(tiles, target, generator,
-                                              config.invert_probability, config.gray_fraction)
+                                              config.invert_probability, config.gray_fraction,
+                                              config.color_gain, config.channel_gamma)
             pixels = preprocess_torch(tiles, pixel_size)
             masks = None if fixed else target.cpu().numpy()
         else:
