@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sat_seg_training.train import (_concatenate_consuming, augment, build_pool, iter_scenes,
-                                    jittered_boxes, load_config, load_scenes, miss_scores,
-                                    pool_digest, read_checkpoint, sample_ids, Scene, train,
+from sat_seg_training.batches import augment, jittered_boxes, miss_scores, sample_ids
+from sat_seg_training.train import (_concatenate_consuming, build_pool, iter_scenes, load_config,
+                                    load_scenes, pool_digest, read_checkpoint, Scene, train,
                                     TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from test_train import final_state, micro_config
 
-from sat_seg_training.train import (augment_torch, build_synth_pool, iter_scenes, plan_steps,
-                                    pool_digest, pool_groups, preprocess_torch, read_checkpoint,
-                                    sample_ids_vectorized, TilePool, train)
+from sat_seg_training.batches import (augment_torch, pool_groups, preprocess_torch,
+                                      sample_ids_vectorized)
+from sat_seg_training.train import (build_synth_pool, iter_scenes, plan_steps, pool_digest,
+                                    read_checkpoint, TilePool, train)
 
 
 def synth_config(tmp_path, **changes):
