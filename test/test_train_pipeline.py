@@ -13,8 +13,8 @@ from test_train import final_state, micro_config
 
 from sat_seg_training.batches import (augment_torch, pool_groups, preprocess_torch,
                                       sample_ids_vectorized)
-from sat_seg_training.train import (build_synth_pool, iter_scenes, plan_steps, pool_digest,
-                                    read_checkpoint, TilePool, train)
+from sat_seg_training.train import (build_synth_pool, export_checkpoint, iter_scenes, plan_steps,
+                                    pool_digest, read_checkpoint, TilePool, train)
 
 
 def synth_config(tmp_path, **changes):
@@ -66,8 +66,17 @@ def test_a_synth_run_with_photographs_trains_and_validates_on_synth_scenes(tmp_p
                           photo_fraction=1.0, input_color='rgb', steps=3)
     summary = train(config, progress=False)
     assert summary['steps'] == 3 and summary['best']['step'] == 3
-    with pytest.raises(ValueError, match='not a folder'):
-        synth_config(tmp_path, backgrounds=str(tmp_path / 'missing'))
+    # The checkpoint names its backgrounds folder; exporting it does not need the folder.
+    for photo in photos.iterdir():
+        photo.unlink()
+    photos.rmdir()
+    export_checkpoint(Path(config.out_dir) / 'last.pt', tmp_path / 'exported')
+    assert (tmp_path / 'exported' / 'model.safetensors').is_file()
+    # A run needs it: refused before anything is written.
+    missing = synth_config(tmp_path / 'other', backgrounds=str(tmp_path / 'missing'))
+    with pytest.raises(ValueError, match='does not exist'):
+        train(missing, progress=False)
+    assert not (tmp_path / 'other').exists()
     with pytest.raises(ValueError, match='scenes >= 1'):
         synth_config(tmp_path, scenes=0)
 

@@ -253,10 +253,7 @@ class TrainConfig:
         if self.data == 'synth' and self.scenes < 1:
             raise ValueError("data 'synth' makes `scenes` scenes: set scenes >= 1, not %r"
                              % (self.scenes,))
-        if 'synth' in (self.data, self.val_data) and self.backgrounds and not os.path.isdir(
-                self.backgrounds):
-            raise ValueError('backgrounds=%r is not a folder (of aerial photographs for data '
-                             "'synth'; '' = procedural terrain only)" % (self.backgrounds,))
+
         _check_int(self, 'max_detections', minimum=0)  # 0 keeps every component
         for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
                      'workers', 'data_workers'):
@@ -567,14 +564,16 @@ def _synth_part(job) -> tuple:
                      np.random.default_rng([seed, index, 6]))
 
 
-def build_synth_pool(config: TrainConfig, progress: bool = False) -> TilePool:
+def build_synth_pool(config: TrainConfig, progress: bool = False,
+                     paths: Optional[list] = None) -> TilePool:
     """Make data 'synth''s ``scenes`` scenes and cut them into the tile pool.
 
     ``data_workers`` processes each make and cut whole scenes (a scene is never written to
-    disk); the pool is identical whatever their number.
+    disk); the pool is identical whatever their number. ``paths``: the usable photographs,
+    when already selected (SynthSource.paths).
     """
     synth = SynthSource.of(config)
-    paths = synth.paths()
+    paths = synth.paths() if paths is None else paths
     jobs = synth.jobs(config.scenes, config.seed, config.input_color == 'rgb', paths)
     settings = dataclasses.asdict(config)
     workers = max(1, min(config.data_workers, len(jobs)))
@@ -931,6 +930,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     torch.set_num_threads(config.threads)
     _set_mmap_threshold(POOL_MMAP_THRESHOLD)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    synth_paths = None
+    if 'synth' in (config.data, config.val_data):
+        # Checked here, before anything is written, and not in TrainConfig.validate(): a
+        # checkpoint's config names its backgrounds folder, and exporting it must not need it.
+        synth_paths = SynthSource.of(config).paths()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -965,7 +969,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
     color = config.input_color == 'rgb'
     if config.data == 'synth':
-        pool = build_synth_pool(config, progress=progress)
+        pool = build_synth_pool(config, progress=progress, paths=synth_paths)
     else:
         pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
                           config.seed)
