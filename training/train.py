@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -327,8 +328,12 @@ class SynthSource:
         return cls(config.backgrounds, config.exclude_backgrounds, config.photo_fraction,
                    config.neg_frac)
 
+    @functools.cached_property
     def paths(self) -> list:
-        """Return the usable photographs (sorted; raise ValueError saying why there are none)."""
+        """The usable photographs (sorted; raises ValueError saying why there are none).
+
+        Selected once per source: selecting reads every photograph.
+        """
         if not self.backgrounds:
             return []
         from sat_seg_training.backgrounds import read_exclude_list, select_backgrounds
@@ -381,7 +386,7 @@ def iter_scenes(source: str, count: int, seed: int, color: bool = False,
         from sat_seg_training import synth as synth_module
 
         synth = synth or SynthSource()
-        paths = synth.paths()
+        paths = synth.paths
         synth_module._init_worker(paths)
         for job in synth.jobs(count, seed, color, paths):
             yield _synth_scene(job, color)
@@ -565,15 +570,15 @@ def _synth_part(job) -> tuple:
 
 
 def build_synth_pool(config: TrainConfig, progress: bool = False,
-                     paths: Optional[list] = None) -> TilePool:
+                     synth: Optional[SynthSource] = None) -> TilePool:
     """Make data 'synth''s ``scenes`` scenes and cut them into the tile pool.
 
     ``data_workers`` processes each make and cut whole scenes (a scene is never written to
-    disk); the pool is identical whatever their number. ``paths``: the usable photographs,
-    when already selected (SynthSource.paths).
+    disk); the pool is identical whatever their number. ``synth``: the config's source, when
+    the caller has one (its photographs are then not selected again).
     """
-    synth = SynthSource.of(config)
-    paths = synth.paths() if paths is None else paths
+    synth = synth or SynthSource.of(config)
+    paths = synth.paths
     jobs = synth.jobs(config.scenes, config.seed, config.input_color == 'rgb', paths)
     settings = dataclasses.asdict(config)
     workers = max(1, min(config.data_workers, len(jobs)))
@@ -930,11 +935,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     torch.set_num_threads(config.threads)
     _set_mmap_threshold(POOL_MMAP_THRESHOLD)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    synth_paths = None
+    synth = SynthSource.of(config)
     if 'synth' in (config.data, config.val_data):
         # Checked here, before anything is written, and not in TrainConfig.validate(): a
         # checkpoint's config names its backgrounds folder, and exporting it must not need it.
-        synth_paths = SynthSource.of(config).paths()
+        synth.paths
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -969,12 +974,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
     color = config.input_color == 'rgb'
     if config.data == 'synth':
-        pool = build_synth_pool(config, progress=progress, paths=synth_paths)
+        pool = build_synth_pool(config, progress=progress, synth=synth)
     else:
         pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
                           config.seed)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color,
-                             SynthSource.of(config))
+                             synth)
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
     data_digest = pool_digest(pool)
     if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
