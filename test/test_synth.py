@@ -219,3 +219,46 @@ def test_color_scenes_are_the_gray_scenes_coloured(tmp_path):
                           synth.make_sample(3, 4, True, color=False).image)
     sprite = synth.render_satellite(np.random.default_rng(0), 60.0)
     assert sprite.material.shape == sprite.coverage.shape
+
+
+def test_pack_backgrounds_script_writes_jpeg_copies_of_the_selected_photographs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    photos = _photo_folder(tmp_path / 'photos', side=300)
+    big = cv2.resize(cv2.imread(str(photos / 'field1.png')), (2100, 2100))
+    cv2.imwrite(str(photos / 'wide.png'), big)
+    exclude = tmp_path / 'reserved.txt'
+    exclude.write_text('field2.png\n')
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'pack_backgrounds.py'
+    out = tmp_path / 'packed'
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+
+    done = run(photos, out, '--exclude', exclude, '--quality', '70')
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ['field0.jpg', 'field1.jpg', 'wide.jpg']
+    assert cv2.imread(str(out / 'field0.jpg')).shape == (300, 300, 3)
+    assert cv2.imread(str(out / 'wide.jpg')).shape == (1050, 1050, 3)  # 2048 px or more: halved
+    original = cv2.imread(str(photos / 'field0.png')).astype(float)
+    assert np.abs(cv2.imread(str(out / 'field0.jpg')) - original).mean() < 3
+    # the copies are a backgrounds folder that synth takes as it is
+    scenes = tmp_path / 'set'
+    assert main(['synth', '--out', str(scenes), '--n', '4', '--seed', '3', '--backgrounds',
+                 str(out), '--photo-fraction', '1.0', '--contact', '0']) == 0
+    assert json.loads((scenes / 'annotations.json').read_text())['info']['backgrounds'][
+        'images'] == 3
+    # an existing folder is refused, and a folder with nothing usable leaves nothing behind
+    again = run(photos, out)
+    assert again.returncode == 2 and 'exists' in again.stderr
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'broken.png').write_bytes(b'not a png')
+    failed = run(empty, tmp_path / 'none')
+    assert failed.returncode == 2 and 'has no usable image' in failed.stderr
+    assert not (tmp_path / 'none').exists() and not (tmp_path / 'none.tmp').exists()

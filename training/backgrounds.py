@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import pathlib
+import shutil
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import cv2
@@ -201,3 +202,45 @@ class BackgroundBank:
         if chroma:
             return np.ascontiguousarray(crop), description, np.ascontiguousarray(colour)
         return np.ascontiguousarray(crop), description
+
+
+def pack_backgrounds(folder: pathlib.Path, out: pathlib.Path, exclude_stems: Sequence[str] = (),
+                     quality: int = 80, halve_from: int = 2048) -> List[pathlib.Path]:
+    """Write JPEG copies of ``folder``'s usable photographs to ``out`` and return their paths.
+
+    A compact copy of a backgrounds folder for a machine the originals are too large to carry
+    to: each photograph :func:`select_backgrounds` keeps, in colour, as ``<stem>.jpg`` at
+    ``quality``, halved (area interpolation) when its longer side is ``halve_from`` px or more.
+    The folder is written whole or not at all: into ``<out>.tmp``, renamed at the end; an
+    existing ``out`` is refused. A copy may fail the flatness check that its original passed
+    (compression smooths a nearly flat image), so select again on the copy.
+    """
+    out = pathlib.Path(out)
+    if out.exists():
+        raise ValueError(f'{out} exists: remove it or choose another folder')
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f'quality={quality!r} must be a JPEG quality in 1..100')
+    paths = select_backgrounds(folder, exclude_stems)
+    stems = [path.stem for path in paths]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f'{folder} holds photographs that differ only in their suffix; their '
+                         f'JPEG copies would overwrite each other')
+    staging = out.with_name(out.name + '.tmp')
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written = []
+    try:
+        for path in paths:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if max(image.shape[:2]) >= halve_from:
+                image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2),
+                                   interpolation=cv2.INTER_AREA)
+            target = staging / (path.stem + '.jpg')
+            if not cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+                raise ValueError(f'could not write {target}')
+            written.append(out / target.name)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
