@@ -292,6 +292,27 @@ def test_bad_settings_are_named():
         TrainConfig(steps=1, max_detections=-1)
 
 
+def test_every_set_of_sat_seg_train_counts(capsys):
+    import argparse
+
+    from sat_seg_ros.cli import main
+    from sat_seg_training.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(['--set', 'steps=7', 'lr=3e-4', '--set', 'backgrounds=photos',
+                              '--set', 'lr=1e-4', '--set'])
+    assert command.overrides(args) == ['steps=7', 'lr=3e-4', 'backgrounds=photos', 'lr=1e-4']
+    config = load_config(None, command.overrides(args))
+    assert (config.steps, config.lr, config.backgrounds) == (7, 1e-4, 'photos')
+    assert command.overrides(parser.parse_args([])) == []
+    with pytest.raises(ValueError, match='lr=.fast. is not a number'):
+        load_config(None, ['lr=fast'])
+    # through the command line: the first --set's unknown field is named, not dropped
+    assert main(['train', '--set', 'stepz=3', '--set', 'max_detections=-1']) == 2
+    assert 'stepz' in capsys.readouterr().err
+
+
 def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.train import export_checkpoint

@@ -277,10 +277,18 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Tr
             raise ValueError('override %r must look like key=value' % item)
         key, text = item.split('=', 1)
         values[key.strip()] = yaml.safe_load(text)
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError('unknown training setting(s) %s; known: %s' % (unknown, sorted(known)))
+        raise ValueError('unknown training setting(s) %s; known: %s' % (unknown, sorted(fields)))
+    for key, value in values.items():
+        # YAML 1.1 reads 3e-4 (no point in the mantissa) as a string: a float field takes it
+        if fields[key].type in ('float', float) and isinstance(value, (str, int)) \
+                and not isinstance(value, bool):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError('training setting %s=%r is not a number' % (key, value)) from None
     return TrainConfig(**values)
 
 
