@@ -348,6 +348,79 @@ def test_any_checkpoint_exports_as_a_runtime_model(tmp_path):
         train(config, progress=False)
 
 
+def test_checkpoints_average_into_a_model_that_exports_and_trains_on(tmp_path, capsys):
+    """`sat-seg train --average` writes the weighted mean of two runs' weights.
+
+    BatchNorm's counters come from the last; another architecture or a missing file is refused
+    and nothing is written.
+    """
+    import torch
+
+    from sat_seg_ros.cli import main
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.train import export_checkpoint
+
+    runs = []
+    for seed in (1, 2):
+        config = micro_config(tmp_path / str(seed), architecture='test-cnn', steps=2, seed=seed,
+                              dense_weight=0.5, val_every=2)
+        train(config, progress=False)
+        runs.append(Path(config.out_dir) / 'last.pt')
+    a, b = (read_checkpoint(path) for path in runs)
+    # Another transformers version spells the same config differently: still one architecture.
+    a['sam_config']['transformers_version'] = '0.0.1'
+    a['sam_config']['mask_decoder_config']['model_type'] = ''
+    torch.save(a, runs[0])
+    out = tmp_path / 'soup.pt'
+    assert main(['train', '--average', str(out), str(runs[0]), str(runs[1]),
+                 '--average-weights', '1,3']) == 0
+    soup = read_checkpoint(out)
+    floats = [key for key, value in a['model'].items() if value.is_floating_point()]
+    counters = [key for key, value in a['model'].items() if not value.is_floating_point()]
+    assert floats and counters  # the CNN encoder's BatchNorm has both
+    moved = 0
+    for key in floats:
+        expected = (0.25 * a['model'][key].double() + 0.75 * b['model'][key].double()).float()
+        torch.testing.assert_close(soup['model'][key], expected, rtol=0, atol=1e-6)
+        moved += not torch.equal(a['model'][key], b['model'][key])
+    assert moved > 10  # the two runs differ, so the mean is neither of them
+    for key in counters:
+        assert torch.equal(soup['model'][key], b['model'][key])
+    torch.testing.assert_close(soup['dense_head']['weight'],
+                               0.25 * a['dense_head']['weight'] + 0.75 * b['dense_head']['weight'])
+    assert [(s['path'], s['weight']) for s in soup['averaged_from']] == [
+        (str(runs[0]), 0.25), (str(runs[1]), 0.75)]
+    assert 'optimizer' not in soup
+    # It exports (its own validation unknown, its sources named) and runs ...
+    model_dir = export_checkpoint(out, tmp_path / 'model')
+    info = json.loads((model_dir / 'sat_seg.json').read_text())
+    assert info['provenance']['validation'] is None
+    assert len(info['provenance']['averaged_from']) == 2
+    assert Segmenter.from_model(model_dir).segment(np.zeros((70, 90), np.uint8)).mask.shape \
+        == (70, 90)
+    # ... and a run starts from it, dense head included.
+    train(micro_config(tmp_path / 'on', architecture='test-cnn', steps=1, init_from=str(out),
+                       dense_weight=0.5), progress=False)
+    # Refusals name the cause, exit 2 and write nothing.
+    other = micro_config(tmp_path / 'vit', steps=1)
+    train(other, progress=False)
+    bad = tmp_path / 'bad.pt'
+    for argv, message in (
+            ([str(bad), str(runs[0]), str(Path(other.out_dir) / 'last.pt')],
+             'different architectures'),
+            ([str(bad), str(runs[0]), str(tmp_path / 'missing.pt')], 'does not exist'),
+            ([str(bad), str(runs[0])], 'at least two checkpoints')):
+        assert main(['train', '--average'] + argv) == 2
+        assert message in capsys.readouterr().err
+    assert main(['train', '--average', str(bad), str(runs[0]), str(runs[1]),
+                 '--average-weights', '1,x']) == 2
+    assert 'numbers separated by commas' in capsys.readouterr().err
+    assert main(['train', '--average', str(bad), str(runs[0]), str(runs[1]),
+                 '--average-weights', '1,0']) == 2
+    assert 'must be positive' in capsys.readouterr().err
+    assert not list(tmp_path.glob('bad.pt*'))
+
+
 def test_two_cpu_workers_give_the_full_batch_gradient(tmp_path):
     """Splitting a step over concurrent workers changes where it runs, not the BCE gradient."""
     import torch

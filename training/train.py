@@ -1246,13 +1246,16 @@ def export_checkpoint(checkpoint_path: os.PathLike | str, directory: os.PathLike
     step = checkpoint['step']
     # The exported step's own validation (None when it had none); the run's best beside it.
     at_step = [h for h in checkpoint['history'] if h.get('step') == step and 'val_accuracy' in h]
-    validation = None if not at_step else {
+    # An average of checkpoints (sat-seg train --average) was never validated as such.
+    validation = None if not at_step or 'averaged_from' in checkpoint else {
         'step': step, 'accuracy': at_step[-1]['val_accuracy'],
         'mean_iou': at_step[-1]['val_mean_iou'], 'threshold': at_step[-1]['val_threshold'],
         'seed_threshold': at_step[-1].get('val_seed_threshold')}
     record = provenance(config, validation, step, checkpoint['elapsed_s'])
     record['run_best'] = checkpoint['best']
     record['exported_from'] = str(checkpoint_path)
+    if 'averaged_from' in checkpoint:
+        record['averaged_from'] = checkpoint['averaged_from']
     directory = Path(directory)
     export_model(model_from_checkpoint(checkpoint), directory, config, threshold, record)
     return directory

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--export', nargs=2, metavar=('CHECKPOINT', 'MODEL_DIR'), default=None,
                         help='do not train: write CHECKPOINT (e.g. runs/x/last.pt) as a runtime '
                              'model folder MODEL_DIR, then run sat-seg calibrate on it')
+    parser.add_argument('--average', nargs='+', metavar='PATH', default=None,
+                        help='do not train: OUT CHECKPOINT CHECKPOINT [...]: write the mean of '
+                             "the checkpoints' weights (one architecture) as the checkpoint OUT, "
+                             'to export with --export or start a run from (init_from)')
+    parser.add_argument('--average-weights', default=None, metavar='W,W,...',
+                        help='with --average: the share of each checkpoint (default: equal)')
 
 
 def overrides(args: argparse.Namespace) -> List[str]:
@@ -43,6 +49,23 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         print('wrote %s' % export_checkpoint(*args.export))
         return 0
+    if args.average:
+        from sat_seg_training.average import average_checkpoints
+
+        if len(args.average) < 3:
+            raise ValueError('--average takes OUT and at least two checkpoints, got %d path(s)'
+                             % len(args.average))
+        weights = None
+        if args.average_weights:
+            try:
+                weights = [float(item) for item in args.average_weights.split(',')]
+            except ValueError:
+                raise ValueError('--average-weights %r: give numbers separated by commas, e.g. '
+                                 '0.5,0.5' % args.average_weights) from None
+        print('wrote %s' % average_checkpoints(args.average[1:], args.average[0], weights))
+        return 0
+    if args.average_weights:
+        raise ValueError('--average-weights needs --average')
 
     config = load_config(args.config, overrides(args))
     summary = train(config, resume=not args.no_resume, progress=not args.quiet,
