@@ -1,10 +1,10 @@
 """Average the weights of training checkpoints of one architecture (a "model soup").
 
 Two runs that start from the same weights and train on different mixes (e.g. stage 22, colour
-first, and stage 24, gray first, both descended from stage 20) stay close enough in weight
-space that the mean of their weights is a model of its own, often with the strengths of both.
-``sat-seg train --average OUT A.pt B.pt`` writes that mean as a checkpoint that exports,
-calibrates and trains on (``init_from``) like any other.
+first, and stage 24, gray first, which trained on from stage 22) stay close enough in weight
+space that the mean of their weights is a model of its own, which can keep the strengths of
+both (docs/training.md). ``sat-seg train --average OUT A.pt B.pt`` writes that mean as a
+checkpoint that exports, calibrates and trains on (``init_from``) like any other.
 """
 
 from __future__ import annotations
