@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from sat_seg_training.train import read_checkpoint, stored_config
+from sat_seg_training.train import read_checkpoint, stored_config, stored_model_config
 
 #: What an averaged checkpoint keeps: the weights and what export and init_from read. The
 #: optimizer's moments belong to one run and are not averaged.
@@ -55,13 +55,7 @@ def _architecture(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     The writer's transformers version is left out: versions spell the same model differently
     (e.g. an empty or a filled ``model_type`` of the mask decoder's config).
     """
-    from transformers import SamConfig
-
-    from sat_seg_ros.modeling import CnnSamConfig, MODEL_TYPE
-
-    stored = checkpoint['sam_config']
-    kind = CnnSamConfig if stored.get('model_type') == MODEL_TYPE else SamConfig
-    config = kind.from_dict(stored).to_dict()
+    config = stored_model_config(checkpoint)[1].to_dict()
     config.pop('transformers_version', None)
     return config
 

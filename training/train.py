@@ -666,17 +666,24 @@ def _shapes(model) -> Dict[str, tuple]:
     return {name: tuple(value.shape) for name, value in model.state_dict().items()}
 
 
-def model_from_checkpoint(checkpoint: Dict[str, Any]):
-    """Rebuild the model (SamModel or CnnSamModel) stored in a checkpoint of this module."""
-    from transformers import SamConfig, SamModel
+def stored_model_config(checkpoint: Dict[str, Any]):
+    """Return (model class, its config object) of the model stored in a checkpoint.
 
-    from sat_seg_ros.modeling import CnnSamConfig, CnnSamModel, MODEL_TYPE
+    A CnnSamModel's config names its ``model_type``; anything else is read as a SamModel's.
+    """
+    from transformers import SamModel
+
+    from sat_seg_ros.modeling import FAMILIES
 
     stored = checkpoint['sam_config']
-    if stored.get('model_type') == MODEL_TYPE:
-        model = CnnSamModel(CnnSamConfig.from_dict(stored))
-    else:
-        model = SamModel(SamConfig.from_dict(stored))
+    family = FAMILIES.get(stored.get('model_type'), SamModel)
+    return family, family.config_class.from_dict(stored)
+
+
+def model_from_checkpoint(checkpoint: Dict[str, Any]):
+    """Rebuild the model (SamModel or CnnSamModel) stored in a checkpoint of this module."""
+    family, config = stored_model_config(checkpoint)
+    model = family(config)
     model.load_state_dict(checkpoint['model'])
     return model
 
