@@ -171,7 +171,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     workers: int = 1  # CPU: the batch split over concurrent workers, threads // workers each
-    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0 = no limit
+    # Stop (with a checkpoint) once the run's wall time, summed over every invocation of a
+    # resumed run, passes this; 0 = no limit. A resume past it needs a larger value (--set).
+    max_minutes: float = 0.0
     # With steps and epochs 0: train for this many minutes (from the first step, the tile pool
     # built). The step count is planned once, at the end of warmup, from the steps per second
     # measured so far, so that the schedule (cosine) ends on time; a resumed run keeps it.
