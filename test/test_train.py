@@ -8,8 +8,8 @@ import pytest
 
 from sat_seg_training.batches import augment, jittered_boxes, miss_scores, sample_ids
 from sat_seg_training.train import (_concatenate_consuming, build_pool, iter_scenes, load_config,
-                                    load_scenes, pool_digest, read_checkpoint, Scene, train,
-                                    TrainConfig)
+                                    load_scenes, make_training_pool, pool_digest, read_checkpoint,
+                                    Scene, train, TrainConfig)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +89,39 @@ def test_resume_continues_exactly(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize('pipeline', ['numpy', 'torch'])
+def test_a_renewed_pool_brings_new_tiles_and_resumes_exactly(tmp_path, caplog, pipeline):
+    import torch
+
+    straight = micro_config(tmp_path / 'a', steps=6, renew_pool_every=2, pipeline=pipeline)
+    with caplog.at_level('INFO', logger='sat_seg_training.train'):
+        train(straight, progress=False)
+    renewals = [m for m in caplog.messages if 'pool renewed' in m]
+    assert [m.split(':')[0] for m in renewals] == ['step 2', 'step 4']  # none after the last
+    state = read_checkpoint(Path(straight.out_dir) / 'last.pt')
+    digests = [pool_digest(make_training_pool(straight, r)) for r in range(3)]
+    assert len(set(digests)) == 3  # each round cuts other scenes
+    assert state['pool_round'] == 2 and state['data_digest'] == digests[2]
+    once = micro_config(tmp_path / 'once', steps=6, pipeline=pipeline)
+    train(once, progress=False)
+    a, c = final_state(straight.out_dir), final_state(once.out_dir)
+    assert any(not torch.equal(a[key], c[key]) for key in a)  # the new tiles were trained on
+
+    interrupted = micro_config(tmp_path / 'b', steps=6, renew_pool_every=2, pipeline=pipeline)
+    train(interrupted, progress=False, stop_at_step=3)
+    assert read_checkpoint(Path(interrupted.out_dir) / 'last.pt')['pool_round'] == 1
+    caplog.clear()
+    with caplog.at_level('INFO', logger='sat_seg_training.train'):
+        train(interrupted, progress=False)
+    assert any('round 1' in m for m in caplog.messages if m.startswith('building tile pool'))
+    assert not any('pool differs' in m for m in caplog.messages)
+    b = final_state(interrupted.out_dir)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match='renew_pool_every'):
+        micro_config(tmp_path, renew_pool_every=-1)
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

@@ -178,6 +178,10 @@ class TrainConfig:
     # built). The step count is planned once, at the end of warmup, from the steps per second
     # measured so far, so that the schedule (cosine) ends on time; a resumed run keeps it.
     plan_minutes: float = 0.0
+    # Every this many steps, replace the tile pool with one cut from `scenes` new scenes (round
+    # r of the run: seed + POOL_ROUND_SEED * r) and forget the tiles' hardness: more distinct
+    # tiles than memory holds at once, each drawn fewer times. 0 = one pool for the whole run.
+    renew_pool_every: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -258,6 +262,7 @@ class TrainConfig:
                              % (self.scenes,))
 
         _check_int(self, 'max_detections', minimum=0)  # 0 keeps every component
+        _check_int(self, 'renew_pool_every', minimum=0)
         for name in ('batch_size', 'val_every', 'checkpoint_every', 'log_every', 'tile_size',
                      'workers', 'data_workers'):
             if getattr(self, name) < 1:
@@ -606,6 +611,20 @@ def build_synth_pool(config: TrainConfig, progress: bool = False,
                 if progress and len(parts) % 500 == 0:
                     LOG.info('synth pool: %d of %d scenes', len(parts), len(jobs))
     return _join_parts(parts, 'no training scenes')
+
+
+POOL_ROUND_SEED = 100_000  # renew_pool_every: round r's scenes are those of seed + r * this
+
+
+def make_training_pool(config: TrainConfig, pool_round: int = 0, progress: bool = False,
+                       synth: Optional[SynthSource] = None) -> TilePool:
+    """Cut the tile pool of round ``pool_round`` of a run (0: the config's own seed)."""
+    if pool_round:
+        config = dataclasses.replace(config, seed=config.seed + POOL_ROUND_SEED * pool_round)
+    if config.data == 'synth':
+        return build_synth_pool(config, progress=progress, synth=synth)
+    return build_pool(iter_scenes(config.data, config.scenes, config.seed,
+                                  config.input_color == 'rgb'), config, config.seed)
 
 
 def pool_digest(pool: TilePool) -> str:
@@ -988,13 +1007,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if head is not None:
         head.to(accelerator.device)
 
-    LOG.info('building tile pool from %s (%d scenes)', config.data, config.scenes)
+    pool_round = checkpoint.get('pool_round', 0) if checkpoint is not None else 0
+    LOG.info('building tile pool from %s (%d scenes%s)', config.data, config.scenes,
+             ', round %d' % pool_round if pool_round else '')
     color = config.input_color == 'rgb'
-    if config.data == 'synth':
-        pool = build_synth_pool(config, progress=progress, synth=synth)
-    else:
-        pool = build_pool(iter_scenes(config.data, config.scenes, config.seed, color), config,
-                          config.seed)
+    pool = make_training_pool(config, pool_round, progress, synth)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color,
                              synth)
     _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
@@ -1047,12 +1064,15 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     device = accelerator.device
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms
-    groups = pool_tiles = pool_masks = None
-    if config.pipeline == 'torch':
+
+    def on_device(pool):
+        if config.pipeline != 'torch':
+            return None, None, None
         # The whole pool on the training device (uint8), drawn from and augmented there.
-        groups = pool_groups(pool, len(config.model_sizes))
-        pool_tiles = torch.from_numpy(pool.tiles).to(device)
-        pool_masks = torch.from_numpy(pool.masks).to(device)
+        return (pool_groups(pool, len(config.model_sizes)),
+                torch.from_numpy(pool.tiles).to(device), torch.from_numpy(pool.masks).to(device))
+
+    groups, pool_tiles, pool_masks = on_device(pool)
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
     worker_threads = max(1, config.threads // workers)
@@ -1070,7 +1090,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                  'history': history, 'elapsed_s': time.time() - started,
                  'loop_elapsed_s': time.time() - loop_started,
                  'hardness': hardness.copy(), 'data_digest': data_digest,
-                 'planned_steps': planned}
+                 'planned_steps': planned, 'pool_round': pool_round}
         if head is not None:
             state['dense_head'] = head.state_dict()
         # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
@@ -1180,6 +1200,18 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
+        if config.renew_pool_every and step % config.renew_pool_every == 0 and step < steps:
+            # Free the old pool first: two would not fit where one nearly fills the memory.
+            pool = groups = pool_tiles = pool_masks = None
+            pool_round += 1
+            _set_mmap_threshold(POOL_MMAP_THRESHOLD)
+            pool = make_training_pool(config, pool_round, progress, synth)
+            _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
+            groups, pool_tiles, pool_masks = on_device(pool)
+            data_digest = pool_digest(pool)
+            hardness = np.ones(len(pool.tiles), np.float32)
+            LOG.info('step %d: pool renewed (round %d): %d tiles (%d positive)', step,
+                     pool_round, len(pool.tiles), int(pool.positive.sum()))
         if planned is None and config.plan_minutes > 0:
             if rate_mark is None and step >= PLAN_FROM_STEP:
                 rate_mark = (step, time.time())
