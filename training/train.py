@@ -1007,15 +1007,19 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if head is not None:
         head.to(accelerator.device)
 
+    def cut_pool(pool_round):
+        """Return round ``pool_round``'s pool and its digest (at start and at each renewal)."""
+        _set_mmap_threshold(POOL_MMAP_THRESHOLD)
+        pool = make_training_pool(config, pool_round, progress, synth)
+        _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
+        return pool, pool_digest(pool)
+
     pool_round = checkpoint.get('pool_round', 0) if checkpoint is not None else 0
     LOG.info('building tile pool from %s (%d scenes%s)', config.data, config.scenes,
              ', round %d' % pool_round if pool_round else '')
-    color = config.input_color == 'rgb'
-    pool = make_training_pool(config, pool_round, progress, synth)
-    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000, color,
-                             synth)
-    _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
-    data_digest = pool_digest(pool)
+    pool, data_digest = cut_pool(pool_round)
+    val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000,
+                             config.input_color == 'rgb', synth)
     if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
         LOG.warning('the tile pool differs from the one %s/last.pt was trained on (digest %s, '
                     'now %s): the data were regenerated differently (other backgrounds, '
@@ -1204,11 +1208,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             # Free the old pool first: two would not fit where one nearly fills the memory.
             pool = groups = pool_tiles = pool_masks = None
             pool_round += 1
-            _set_mmap_threshold(POOL_MMAP_THRESHOLD)
-            pool = make_training_pool(config, pool_round, progress, synth)
-            _set_mmap_threshold(TRAIN_MMAP_THRESHOLD)
+            pool, data_digest = cut_pool(pool_round)
             groups, pool_tiles, pool_masks = on_device(pool)
-            data_digest = pool_digest(pool)
             hardness = np.ones(len(pool.tiles), np.float32)
             LOG.info('step %d: pool renewed (round %d): %d tiles (%d positive)', step,
                      pool_round, len(pool.tiles), int(pool.positive.sum()))
