@@ -120,6 +120,23 @@ def test_a_renewed_pool_brings_new_tiles_and_resumes_exactly(tmp_path, caplog, p
     b = final_state(interrupted.out_dir)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+    # Stopped on a renewal step: the run saves before renewing and its resume makes the pool.
+    on_renewal = micro_config(tmp_path / 'c', steps=6, renew_pool_every=2, pipeline=pipeline)
+    caplog.clear()
+    with caplog.at_level('INFO', logger='sat_seg_training.train'):
+        train(on_renewal, progress=False, stop_at_step=2)
+    assert not any('pool renewed' in m for m in caplog.messages)
+    stopped = read_checkpoint(Path(on_renewal.out_dir) / 'last.pt')
+    assert stopped['step'] == 2 and stopped['pool_round'] == 0 and stopped['renew_due']
+    caplog.clear()
+    with caplog.at_level('INFO', logger='sat_seg_training.train'):
+        train(on_renewal, progress=False)
+    assert any('round 1' in m for m in caplog.messages if m.startswith('building tile pool'))
+    assert not any('pool differs' in m for m in caplog.messages)
+    c = final_state(on_renewal.out_dir)
+    for key in a:
+        assert torch.equal(a[key], c[key]), key
     with pytest.raises(ValueError, match='renew_pool_every'):
         micro_config(tmp_path, renew_pool_every=-1)
 

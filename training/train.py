@@ -181,6 +181,7 @@ class TrainConfig:
     # Every this many steps, replace the tile pool with one cut from `scenes` new scenes (round
     # r of the run: seed + POOL_ROUND_SEED * r) and forget the tiles' hardness: more distinct
     # tiles than memory holds at once, each drawn fewer times. 0 = one pool for the whole run.
+    # A run stopped on a renewal step (max_minutes) saves first and its resume renews.
     renew_pool_every: int = 0
 
     def __post_init__(self) -> None:
@@ -1015,12 +1016,16 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         return pool, pool_digest(pool)
 
     pool_round = checkpoint.get('pool_round', 0) if checkpoint is not None else 0
+    # A run that stopped on a renewal step saved before renewing: the renewal is made here.
+    renew_due = checkpoint is not None and bool(checkpoint.get('renew_due', False))
+    pool_round += renew_due
     LOG.info('building tile pool from %s (%d scenes%s)', config.data, config.scenes,
              ', round %d' % pool_round if pool_round else '')
     pool, data_digest = cut_pool(pool_round)
     val_scenes = load_scenes(config.val_data, config.val_scenes, config.seed + 10_000,
                              config.input_color == 'rgb', synth)
-    if checkpoint is not None and checkpoint.get('data_digest', data_digest) != data_digest:
+    if (checkpoint is not None and not renew_due
+            and checkpoint.get('data_digest', data_digest) != data_digest):
         LOG.warning('the tile pool differs from the one %s/last.pt was trained on (digest %s, '
                     'now %s): the data were regenerated differently (other backgrounds, '
                     'library versions?); the run continues, but not bit-identical to an '
@@ -1052,8 +1057,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         optimizer.load_state_dict(checkpoint['optimizer'])
         step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
         started -= checkpoint.get('elapsed_s', 0.0)
-        if 'hardness' in checkpoint:
+        if 'hardness' in checkpoint and not renew_due:  # a new round starts afresh
             hardness = np.asarray(checkpoint['hardness'], np.float32)
+    renew_due = False
     input_size = model.config.vision_config.image_size
     fixed = config.train_prompt == 'inference'
     if config.stage == 'dense' or head is not None:
@@ -1094,7 +1100,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                  'history': history, 'elapsed_s': time.time() - started,
                  'loop_elapsed_s': time.time() - loop_started,
                  'hardness': hardness.copy(), 'data_digest': data_digest,
-                 'planned_steps': planned, 'pool_round': pool_round}
+                 'planned_steps': planned, 'pool_round': pool_round, 'renew_due': renew_due}
         if head is not None:
             state['dense_head'] = head.state_dict()
         # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
@@ -1204,7 +1210,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         step += 1
         running.append(float(loss.detach()))
         bar.update(1)
-        if config.renew_pool_every and step % config.renew_pool_every == 0 and step < steps:
+        stopping = step == stop_at_step or bool(
+            config.max_minutes and time.time() - started > 60 * config.max_minutes)
+        renew_due = bool(config.renew_pool_every and step % config.renew_pool_every == 0
+                         and step < steps)
+        if renew_due and not stopping:  # a stopping run leaves the renewal to its resume
+            renew_due = False
             # Free the old pool first: two would not fit where one nearly fills the memory.
             pool = groups = pool_tiles = pool_masks = None
             pool_round += 1
@@ -1261,8 +1272,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if accelerator.is_main_process and (step % config.checkpoint_every == 0
                                             or step == steps):
             save('last')
-        if step == stop_at_step or (config.max_minutes
-                                    and time.time() - started > 60 * config.max_minutes):
+        if stopping:
             stop_reason = 'stopped at step %d' % step if step == stop_at_step else 'max_minutes'
             if accelerator.is_main_process:
                 save('last')
