@@ -109,34 +109,27 @@ def test_a_renewed_pool_brings_new_tiles_and_resumes_exactly(tmp_path, caplog, p
     a, c = final_state(straight.out_dir), final_state(once.out_dir)
     assert any(not torch.equal(a[key], c[key]) for key in a)  # the new tiles were trained on
 
-    interrupted = micro_config(tmp_path / 'b', steps=6, renew_pool_every=2, pipeline=pipeline)
-    train(interrupted, progress=False, stop_at_step=3)
-    assert read_checkpoint(Path(interrupted.out_dir) / 'last.pt')['pool_round'] == 1
-    caplog.clear()
-    with caplog.at_level('INFO', logger='sat_seg_training.train'):
-        train(interrupted, progress=False)
-    assert any('round 1' in m for m in caplog.messages if m.startswith('building tile pool'))
-    assert not any('pool differs' in m for m in caplog.messages)
-    b = final_state(interrupted.out_dir)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-    # Stopped on a renewal step: the run saves before renewing and its resume makes the pool.
-    on_renewal = micro_config(tmp_path / 'c', steps=6, renew_pool_every=2, pipeline=pipeline)
-    caplog.clear()
-    with caplog.at_level('INFO', logger='sat_seg_training.train'):
-        train(on_renewal, progress=False, stop_at_step=2)
-    assert not any('pool renewed' in m for m in caplog.messages)
-    stopped = read_checkpoint(Path(on_renewal.out_dir) / 'last.pt')
-    assert stopped['step'] == 2 and stopped['pool_round'] == 0 and stopped['renew_due']
-    caplog.clear()
-    with caplog.at_level('INFO', logger='sat_seg_training.train'):
-        train(on_renewal, progress=False)
-    assert any('round 1' in m for m in caplog.messages if m.startswith('building tile pool'))
-    assert not any('pool differs' in m for m in caplog.messages)
-    c = final_state(on_renewal.out_dir)
-    for key in a:
-        assert torch.equal(a[key], c[key]), key
+    # Stopped mid-round (step 3), and on a renewal step (step 2: the run saves before renewing
+    # and its resume makes the new round's pool): both resume bit-identically.
+    for name, stop, stopped_round, due in (('b', 3, 1, False), ('c', 2, 0, True)):
+        interrupted = micro_config(tmp_path / name, steps=6, renew_pool_every=2,
+                                   pipeline=pipeline)
+        caplog.clear()
+        with caplog.at_level('INFO', logger='sat_seg_training.train'):
+            train(interrupted, progress=False, stop_at_step=stop)
+        stopped = read_checkpoint(Path(interrupted.out_dir) / 'last.pt')
+        assert (stopped['step'], stopped['pool_round'], stopped['renew_due']) == (
+            stop, stopped_round, due)
+        assert sum('pool renewed' in m for m in caplog.messages) == stopped_round
+        caplog.clear()
+        with caplog.at_level('INFO', logger='sat_seg_training.train'):
+            train(interrupted, progress=False)
+        assert any('round 1' in m for m in caplog.messages
+                   if m.startswith('building tile pool'))
+        assert not any('pool differs' in m for m in caplog.messages)
+        b = final_state(interrupted.out_dir)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
     with pytest.raises(ValueError, match='renew_pool_every'):
         micro_config(tmp_path, renew_pool_every=-1)
 
