@@ -1018,7 +1018,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     pool_round = checkpoint.get('pool_round', 0) if checkpoint is not None else 0
     # A run that stopped on a renewal step saved before renewing: the renewal is made here.
     renew_due = checkpoint is not None and bool(checkpoint.get('renew_due', False))
-    pool_round += renew_due
+    if renew_due:
+        pool_round += 1
     LOG.info('building tile pool from %s (%d scenes%s)', config.data, config.scenes,
              ', round %d' % pool_round if pool_round else '')
     pool, data_digest = cut_pool(pool_round)
