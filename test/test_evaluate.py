@@ -136,3 +136,36 @@ def test_a_satellite_without_a_mask_is_refused_and_skipped_with_reasons(tmp_path
                                    sizes=(512,))
     assert [s['file'] for s in summary['skipped']] == ['boxed.png']
     assert 'sat-seg label' in summary['skipped'][0]['reason']
+
+
+def test_a_cast_puts_every_frame_under_it_before_the_segmenter(tiny_model_dir, tmp_path,
+                                                               capsys):
+    """--cast gray on colour frames scores exactly what the Segmenter gives their luminance."""
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.casts import apply_cast, cast_seed
+    from sat_seg_training.dataset import load_dataset
+
+    root = tmp_path / 'colour'
+    rng = np.random.default_rng(5)
+    with DatasetWriter(root) as writer:
+        for index in range(3):
+            image = rng.integers(0, 255, (200, 250, 3), dtype=np.uint8)
+            image[..., 0] //= 3  # a strong tint, so the gray frame differs from each channel
+            mask = np.zeros((200, 250), bool)
+            mask[50:90, 40 + 60 * index:100 + 60 * index] = True
+            writer.add('c%d.png' % index, image, mask=mask)
+    out = tmp_path / 'cast.json'
+    assert main(['evaluate', '--dataset', str(root), '--model', str(tiny_model_dir), '--sizes',
+                 '256', '--threshold', '0.5', '--cast', 'gray', '--json', str(out)]) == 0
+    assert 'cast: gray' in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report['rows'][0]['cast'] == 'gray'
+    segmenter = Segmenter.from_model(tiny_model_dir, model_size=256, threshold=0.5)
+    ious = []
+    for record in load_dataset(root):
+        frame = apply_cast(record.read_image(), 'gray', cast_seed(record.file_name))
+        assert frame.ndim == 2
+        ious.append(metrics.iou(segmenter.segment(frame).mask, record.read_mask()))
+    assert report['rows'][0]['mean_iou'] == pytest.approx(np.mean(ious))
+    with pytest.raises(SystemExit):
+        main(['evaluate', '--dataset', str(root), '--cast', 'sepia'])

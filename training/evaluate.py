@@ -122,18 +122,22 @@ def machine_description() -> str:
 def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
              sizes: Sequence[int] = (512,), backend: str = 'torch', device: str = 'cpu',
              limit: int = 0, gallery: Optional[os.PathLike | str] = None,
-             **overrides) -> Dict[str, Any]:
+             cast: Optional[str] = None, **overrides) -> Dict[str, Any]:
     """Return Table 1 rows (one per size) for ``model_dir`` (None: bundled) on ``dataset_dir``.
 
     ``limit`` > 0 evaluates the first ``limit`` images only. ``gallery`` writes a PNG of the
-    worst failures at the first size. ``overrides`` are Segmenter settings (threshold,
-    max_detections, min_area_px, ...; None: the model's).
+    worst failures at the first size. ``cast`` (one of ``sat_seg_training.casts.CASTS``) puts
+    every frame under that colour cast before the Segmenter sees it. ``overrides`` are
+    Segmenter settings (threshold, max_detections, min_area_px, ...; None: the model's).
     """
     from tqdm import tqdm
 
     from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.casts import apply_cast, cast_seed, CASTS
     from sat_seg_training.dataset import load_dataset
 
+    if cast is not None and cast not in CASTS:
+        raise ValueError('unknown cast %r; choose one of %s' % (cast, ', '.join(CASTS)))
     dataset = load_dataset(dataset_dir)
     records = list(dataset)[:limit] if limit > 0 else list(dataset)
     if not records:
@@ -150,6 +154,8 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
         pairs, seconds, results = [], [], []
         for record in tqdm(records, desc='evaluate %d' % size, unit='img', leave=False):
             image = record.read_image()
+            if cast is not None:
+                image = apply_cast(image, cast, cast_seed(record.file_name))
             truth = record.read_mask() if record.positive else np.zeros(image.shape[:2], bool)
             start = time.perf_counter()
             result = segmenter.segment(image)
@@ -172,7 +178,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'flips': segmenter.config.flips,
                         'tile_overlap': segmenter.config.tile_overlap,
                         'input_color': segmenter.config.input_color,
-                        'mode': overrides.get('mode') or None,
+                        'mode': overrides.get('mode') or None, 'cast': cast,
                         'fuse_sizes': list(segmenter.config.fuse_sizes),
                         'backend': backend, 'device': device})
         rows.append(summary)
@@ -184,17 +190,22 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                            for size, found in outcomes.items()}}
     if gallery is not None:
         report['gallery'] = str(failure_gallery(records, outcomes[int(sizes[0])], predictions,
-                                                Path(gallery)))
+                                                Path(gallery), cast=cast))
     return report
 
 
 def failure_gallery(records, outcomes: Sequence[ImageOutcome], predictions: Dict[str, Any],
-                    path: Path, count: int = 12, columns: int = 4) -> Path:
-    """Write a PNG of up to ``count`` failed images: truth outlined green, prediction red."""
+                    path: Path, count: int = 12, columns: int = 4,
+                    cast: Optional[str] = None) -> Path:
+    """Write a PNG of up to ``count`` failed images: truth outlined green, prediction red.
+
+    ``cast``: show the frames under the colour cast the model saw them in.
+    """
     import cv2
 
     from sat_seg_ros.config import atomic_write_bytes
     from sat_seg_ros.tiling import to_float_rgb
+    from sat_seg_training.casts import apply_cast, cast_seed
 
     by_name = {r.file_name: r for r in records}
     failed = sorted((o for o in outcomes if not o.correct), key=lambda o: o.iou)[:count]
@@ -202,7 +213,10 @@ def failure_gallery(records, outcomes: Sequence[ImageOutcome], predictions: Dict
     thumbs = []
     for outcome in failed:
         record = by_name[outcome.file_name]
-        image = np.clip(to_float_rgb(record.read_image()), 0, 255).astype(np.uint8)
+        image = record.read_image()
+        if cast is not None:
+            image = apply_cast(image, cast, cast_seed(record.file_name))
+        image = np.clip(to_float_rgb(image), 0, 255).astype(np.uint8)
         truth = record.read_mask() if record.positive else None
         for mask, color in ((truth, (0, 255, 0)), (predictions.get(outcome.file_name),
                                                    (255, 0, 0))):
@@ -239,7 +253,9 @@ def failure_gallery(records, outcomes: Sequence[ImageOutcome], predictions: Dict
 
 def format_table(report: Dict[str, Any], strata: bool = False) -> str:
     """Return Table 1 as aligned text; ``strata``: each size's breakdown below it."""
-    lines = ['model: %s   dataset: %s' % (report['model'], report['dataset']),
+    cast = report['rows'][0].get('cast')
+    header = 'model: %s   dataset: %s' % (report['model'], report['dataset'])
+    lines = [header + ('   cast: %s' % cast if cast else ''),
              'machine: %s' % report['machine'],
              '%6s %9s %9s %10s %8s %10s %10s %6s %6s  %s' % (
                  'size', 'accuracy', 'mean IoU', 'precision', 'recall', 's/image', 'threshold',

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+from sat_seg_training.casts import CASTS
 
 HELP = "the report's Table 1 (accuracy, mean IoU, precision, recall, s/image) per model size"
 
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='evaluate only the first N images (default: all)')
     parser.add_argument('--gallery', type=Path, default=None,
                         help='failure gallery PNG (default: next to --json, else none)')
+    parser.add_argument('--cast', default=None, choices=CASTS,
+                        help='put every frame under a colour cast first, to measure how much '
+                             'the model leans on colour: white-balance (channel gains 0.75-1.25 '
+                             'per image, mean luminance kept), warm (R^0.8, G, B^1.3), gray '
+                             '(Rec. 601 luminance)')
     parser.add_argument('--strata', action='store_true',
                         help="also print each size's accuracy by satellite size and, for "
                              'sat-seg synth scenes, by background (always in --json)')
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if gallery is None and args.json is not None:
         gallery = args.json.with_name(args.json.stem + '_failures.png')
     report = evaluate(args.dataset, args.model, args.sizes, backend=args.backend,
-                      device=args.device, limit=args.limit, gallery=gallery,
+                      device=args.device, limit=args.limit, gallery=gallery, cast=args.cast,
                       **segmenter_options(args))
     print(format_table(report, strata=args.strata))
     if gallery is not None:
