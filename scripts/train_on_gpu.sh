@@ -36,7 +36,7 @@ slim() {  # last.pt without its optimizer state, written atomically to RESULTS/s
     "$PYTHON" - "$out_dir/last.pt" "$results/slim.pt" <<'PY'
 import os, sys, torch
 state = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
-keep = ('model', 'sam_config', 'dense_head', 'train_config', 'step', 'best', 'history',
+keep = ('model', 'ema', 'sam_config', 'dense_head', 'train_config', 'step', 'best', 'history',
         'elapsed_s', 'planned_steps', 'data_digest')
 torch.save({key: state[key] for key in keep if key in state}, sys.argv[2] + '.tmp')
 os.replace(sys.argv[2] + '.tmp', sys.argv[2])

@@ -464,6 +464,64 @@ def test_checkpoints_average_into_a_model_that_exports_and_trains_on(tmp_path, c
     assert not list(tmp_path.glob('bad.pt*'))
 
 
+def test_ema_is_the_moving_average_of_the_steps_and_what_the_run_gives_out(tmp_path):
+    """ema_decay keeps a <- d a + (1 - d) w after every step and resumes bit-exactly.
+
+    It is what validation, best_model, --export and --average use; the live weights train on.
+    """
+    import torch
+
+    from sat_seg_ros.modeling import load_sam_model
+    from sat_seg_training.average import average_checkpoints
+    from sat_seg_training.train import ema_decay_at, export_checkpoint, load_initial_model
+
+    def config(where, **changes):
+        return micro_config(tmp_path / where, architecture='test-cnn', steps=3, ema_decay=0.2,
+                            **changes)
+
+    straight = config('a')
+    train(straight, progress=False)
+    stepped = config('b')
+    weights = [load_initial_model(stepped)[0].state_dict()]
+    for stop in (1, 2, 3):  # interrupted after every step: the live weights of each
+        train(stepped, progress=False, stop_at_step=stop)
+        weights.append(read_checkpoint(Path(stepped.out_dir) / 'last.pt')['model'])
+    assert [round(ema_decay_at(0.2, n), 4) for n in (1, 2, 3)] == [0.1818, 0.2, 0.2]
+    expected = {key: value.double() for key, value in weights[0].items()}
+    for step, state in enumerate(weights[1:], start=1):
+        decay = ema_decay_at(0.2, step)
+        for key, value in state.items():
+            expected[key] = (decay * expected[key] + (1 - decay) * value.double()
+                             if value.is_floating_point() else value)
+    last = read_checkpoint(Path(stepped.out_dir) / 'last.pt')
+    floats = [key for key, value in last['model'].items() if value.is_floating_point()]
+    assert len(floats) < len(last['model'])  # BatchNorm's counters are copied, not averaged
+    for key, value in last['ema'].items():
+        if key in floats:
+            torch.testing.assert_close(value, expected[key].float(), rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(value, expected[key])
+    assert sum(not torch.equal(last['ema'][key], last['model'][key]) for key in floats) > 10
+    uninterrupted = read_checkpoint(Path(straight.out_dir) / 'last.pt')
+    for key in last['ema']:
+        assert torch.equal(uninterrupted['ema'][key], last['ema'][key]), key
+    # The last step was validated: best_model is the moving average, and so is --export.
+    for model_dir in (Path(straight.out_dir) / 'best_model',
+                      export_checkpoint(Path(stepped.out_dir) / 'last.pt', tmp_path / 'model')):
+        exported = load_sam_model(model_dir).state_dict()
+        for key in floats:
+            assert torch.equal(exported[key], last['ema'][key]), (model_dir, key)
+    info = json.loads((tmp_path / 'model' / 'sat_seg.json').read_text())
+    assert info['provenance']['weights'].startswith('ema')
+    soup = read_checkpoint(average_checkpoints([Path(straight.out_dir) / 'last.pt',
+                                                Path(stepped.out_dir) / 'last.pt'],
+                                               tmp_path / 'soup.pt'))
+    for key in floats:
+        torch.testing.assert_close(soup['model'][key], last['ema'][key], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match='ema_decay'):
+        micro_config(tmp_path / 'c', ema_decay=1.0)
+
+
 def test_two_cpu_workers_give_the_full_batch_gradient(tmp_path):
     """Splitting a step over concurrent workers changes where it runs, not the BCE gradient."""
     import torch

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from sat_seg_training.train import read_checkpoint, stored_config, stored_model_config
+from sat_seg_training.train import (model_weights, read_checkpoint, stored_config,
+                                    stored_model_config)
 
 #: What an averaged checkpoint keeps: the weights and what export and init_from read. The
 #: optimizer's moments belong to one run and are not averaged.
@@ -64,6 +65,8 @@ def average_checkpoints(paths: Sequence[os.PathLike | str], out: os.PathLike | s
                         weights: Optional[Sequence[float]] = None) -> Path:
     """Write the weighted mean of the checkpoints' model (and dense head) weights to ``out``.
 
+    A checkpoint's model weights are its run's moving average when it kept one (ema_decay).
+
     ``weights`` default to equal shares and are normalised to sum to 1. Every checkpoint must
     hold the same architecture (its SAM config and the names and shapes of its weights); a dense
     head is averaged when every checkpoint has one and dropped otherwise. The rest (config,
@@ -97,7 +100,9 @@ def average_checkpoints(paths: Sequence[os.PathLike | str], out: os.PathLike | s
                              'configs differ): average checkpoints of one architecture'
                              % (path, names[-1]))
     result = {key: checkpoints[-1][key] for key in KEPT if key in checkpoints[-1]}
-    result['model'] = _mean_state([c['model'] for c in checkpoints], shares, 'weights', names)
+    # A run that kept a moving average (ema_decay) is averaged by it, as it exports.
+    result['model'] = _mean_state([model_weights(c) for c in checkpoints], shares, 'weights',
+                                  names)
     if all(c.get('dense_head') is not None for c in checkpoints):
         result['dense_head'] = _mean_state([c['dense_head'] for c in checkpoints], shares,
                                            'dense-head weights', names)

@@ -183,6 +183,13 @@ class TrainConfig:
     # tiles than memory holds at once, each drawn fewer times. 0 = one pool for the whole run.
     # A run stopped on a renewal step (max_minutes) saves first and its resume renews.
     renew_pool_every: int = 0
+    # > 0: keep an exponential moving average of the model's weights (and float buffers),
+    # updated after every step n of the run as a <- d a + (1 - d) w with
+    # d = min(ema_decay, (1 + n) / (10 + n)); validation, the exported best_model,
+    # `--export`, `--average` and a later stage's init_from use it instead of the last step's
+    # weights, which keep training. It smooths the noise of small batches: 0.999 averages
+    # about the last thousand steps. 0 = off.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -250,6 +257,8 @@ class TrainConfig:
         if self.pipeline == 'torch' and self.stage == 'dense':
             raise ValueError("pipeline 'torch' trains stage 'sam'; stage 'dense' (crops) runs "
                              "with pipeline 'numpy'")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError('ema_decay=%r must be in [0, 1) (0 = off)' % (self.ema_decay,))
         if self.plan_minutes < 0:
             raise ValueError('plan_minutes=%r must be >= 0' % (self.plan_minutes,))
         if self.steps <= 0 and self.epochs <= 0 and self.plan_minutes <= 0:
@@ -659,7 +668,8 @@ def load_initial_model(config: TrainConfig):
         model, head = load_sam_model(path), None
     else:
         checkpoint = read_checkpoint(path)
-        model, head = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
+        model = model_from_checkpoint(checkpoint, model_weights(checkpoint))
+        head = checkpoint.get('dense_head')
     expected = build_model(config.architecture, seed=config.seed)
     vision = expected.config.vision_config
     growths = (('widen', lambda small: widen(small, vision.stage_channels, seed=config.seed,
@@ -702,12 +712,46 @@ def stored_model_config(checkpoint: Dict[str, Any]):
     return family, family.config_class.from_dict(stored)
 
 
-def model_from_checkpoint(checkpoint: Dict[str, Any]):
-    """Rebuild the model (SamModel or CnnSamModel) stored in a checkpoint of this module."""
+def model_from_checkpoint(checkpoint: Dict[str, Any], weights: Optional[Dict[str, Any]] = None):
+    """Rebuild the model (SamModel or CnnSamModel) stored in a checkpoint of this module.
+
+    ``weights``: a state dict to load instead of the checkpoint's live ``model`` weights (e.g.
+    ``model_weights(checkpoint)``).
+    """
     family, config = stored_model_config(checkpoint)
     model = family(config)
-    model.load_state_dict(checkpoint['model'])
+    model.load_state_dict(checkpoint['model'] if weights is None else weights)
     return model
+
+
+def model_weights(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """Return the weights a checkpoint's model is used with.
+
+    That is the moving average of its run (``ema``, ema_decay > 0) when it kept one, else the
+    last step's.
+    """
+    return checkpoint['ema'] if checkpoint.get('ema') is not None else checkpoint['model']
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """Return the moving average's decay after the run's ``step``-th step (1-based)."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(average, model, decay: float) -> None:
+    """Move ``average``'s weights and float buffers toward ``model``'s: a <- d a + (1 - d) w.
+
+    Integer buffers (BatchNorm's batch counts) are copied.
+    """
+    import torch
+
+    live = model.state_dict()
+    with torch.no_grad():
+        for name, value in average.state_dict().items():
+            if value.is_floating_point():
+                value.lerp_(live[name].to(value.dtype), 1.0 - decay)
+            else:
+                value.copy_(live[name])
 
 
 def dense_head(model):
@@ -1007,6 +1051,16 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     model.to(accelerator.device)
     if head is not None:
         head.to(accelerator.device)
+    ema = None  # ema_decay > 0: the moving average of the weights, what the run validates
+    if config.ema_decay > 0:
+        import copy
+
+        ema = copy.deepcopy(model).eval()
+        ema.requires_grad_(False)
+        if checkpoint is not None and checkpoint.get('ema') is not None:
+            ema.load_state_dict(checkpoint['ema'])
+        elif checkpoint is not None:
+            LOG.info('%s/last.pt has no moving average: it starts from its weights', out)
 
     def cut_pool(pool_round):
         """Return round ``pool_round``'s pool and its digest (at start and at each renewal)."""
@@ -1104,6 +1158,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                  'planned_steps': planned, 'pool_round': pool_round, 'renew_due': renew_due}
         if head is not None:
             state['dense_head'] = head.state_dict()
+        if ema is not None:
+            state['ema'] = ema.state_dict()
         # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
         # the previous checkpoint or the new one, never half of one.
         tmp = out / ('.%s.pt.tmp' % kind)
@@ -1204,6 +1260,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
+        if ema is not None:
+            update_ema(ema, accelerator.unwrap_model(model), ema_decay_at(config.ema_decay,
+                                                                          step + 1))
         negative_rows = ~pool.positive[chosen]
         hardness[chosen[negative_rows]] = peaks[negative_rows]
         if track_misses:
@@ -1245,7 +1304,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                      record['elapsed_s'])
         if step % config.val_every == 0 or step == steps:
             net.eval()
-            result = validate(accelerator.unwrap_model(model), val_scenes, config.prompt_mode,
+            judged = ema if ema is not None else accelerator.unwrap_model(model)
+            result = validate(judged, val_scenes, config.prompt_mode,
                               config.grid_points, config.model_sizes[0], config.min_area_px,
                               config.tile_size, max_detections=config.max_detections,
                               head=head if config.stage == 'dense' else None)
@@ -1265,7 +1325,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                         'seed_threshold': result['best_seed_threshold']}
                 if accelerator.is_main_process:
                     save('best')
-                    export_model(accelerator.unwrap_model(model), out / 'best_model', config,
+                    export_model(judged, out / 'best_model', config,
                                  result['best_threshold'], provenance(config, best, step,
                                                                       time.time() - started),
                                  result['best_seed_threshold'])
@@ -1309,8 +1369,11 @@ def export_checkpoint(checkpoint_path: os.PathLike | str, directory: os.PathLike
     record['exported_from'] = str(checkpoint_path)
     if 'averaged_from' in checkpoint:
         record['averaged_from'] = checkpoint['averaged_from']
+    if checkpoint.get('ema') is not None:
+        record['weights'] = 'ema: the moving average of the run (ema_decay %g)' % config.ema_decay
     directory = Path(directory)
-    export_model(model_from_checkpoint(checkpoint), directory, config, threshold, record)
+    export_model(model_from_checkpoint(checkpoint, model_weights(checkpoint)), directory, config,
+                 threshold, record)
     return directory
 
 
