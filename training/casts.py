@@ -20,7 +20,6 @@ import zlib
 import numpy as np
 
 CASTS = ('white-balance', 'warm', 'gray')
-LUMA = np.array([0.299, 0.587, 0.114], np.float64)
 WHITE_BALANCE_GAINS = (0.75, 1.25)
 WARM_GAMMAS = (0.8, 1.0, 1.3)
 
@@ -34,8 +33,11 @@ def apply_cast(image: np.ndarray, cast: str, seed: int = 0) -> np.ndarray:
     """Return ``image`` (HxW or HxWx3 RGB, uint8 or uint16) under ``cast`` (one of CASTS).
 
     A gray (HxW) frame is taken as three equal channels. ``gray`` returns HxW, the other casts
-    HxWx3; the dtype is kept. Raises ValueError for an unknown cast or an unsupported image.
+    HxWx3; the dtype is kept. Luminance is the runtime's (``sat_seg_ros.tiling.to_luma``, what
+    ``input_color: luma`` does). Raises ValueError for an unknown cast or an unsupported image.
     """
+    from sat_seg_ros.tiling import to_luma
+
     if cast not in CASTS:
         raise ValueError('unknown cast %r; choose one of %s' % (cast, ', '.join(CASTS)))
     image = np.asarray(image)
@@ -49,15 +51,15 @@ def apply_cast(image: np.ndarray, cast: str, seed: int = 0) -> np.ndarray:
         raise ValueError('cast %r needs an HxW or HxWx3 image, got shape %s'
                          % (cast, image.shape))
     top = float(np.iinfo(image.dtype).max)
-    rgb = image.astype(np.float64) / top
+    rgb = image.astype(np.float32) / np.float32(top)
     if cast == 'gray':
-        out = rgb @ LUMA
+        out = to_luma(rgb)
     elif cast == 'warm':
-        out = rgb ** np.array(WARM_GAMMAS)
+        out = rgb ** np.array(WARM_GAMMAS, np.float32)
     else:
         gains = np.random.default_rng(seed).uniform(*WHITE_BALANCE_GAINS, size=3)
-        before = float((rgb @ LUMA).mean())
-        after = float((rgb @ (LUMA * gains)).mean())
+        before = float(to_luma(rgb).mean())
+        after = float(to_luma(rgb * gains.astype(np.float32)).mean())
         if after > 0:
             gains = gains * (before / after)
         out = rgb * gains
