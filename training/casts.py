@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from sat_seg_ros.tiling import to_luma
+
 CASTS = ('white-balance', 'warm', 'gray')
 WHITE_BALANCE_GAINS = (0.75, 1.25)
 WARM_GAMMAS = (0.8, 1.0, 1.3)
@@ -36,8 +38,6 @@ def apply_cast(image: np.ndarray, cast: str, seed: int = 0) -> np.ndarray:
     HxWx3; the dtype is kept. Luminance is the runtime's (``sat_seg_ros.tiling.to_luma``, what
     ``input_color: luma`` does). Raises ValueError for an unknown cast or an unsupported image.
     """
-    from sat_seg_ros.tiling import to_luma
-
     if cast not in CASTS:
         raise ValueError('unknown cast %r; choose one of %s' % (cast, ', '.join(CASTS)))
     image = np.asarray(image)
