@@ -120,13 +120,14 @@ LUMA_601 = (0.299, 0.587, 0.114)
 
 def augment_torch(tiles, masks, generator, invert_probability: float,
                   gray_fraction: float = 0.2, color_gain: float = 0.1,
-                  channel_gamma: float = 0.0):
+                  channel_gamma: float = 0.0, keep_colour: bool = False):
     """augment()'s transforms on a batch of torch tensors, all tiles at once (pipeline 'torch').
 
     ``tiles`` (B, s, s) or (B, s, s, 3) float 0..255 and ``masks`` (B, s, s) on one device;
     ``generator`` a torch.Generator on it. The same transforms and ranges as augment (dihedral
     flips, inversion, gamma, contrast and brightness, sensor noise; colour: channel gains and
-    gray tiles), drawn from the generator.
+    gray tiles), drawn from the generator. ``keep_colour``: also return the tiles as they were
+    just before any became gray, and which did, (B,) bool, as augment does.
     """
     import torch
 
@@ -171,7 +172,12 @@ def augment_torch(tiles, masks, generator, invert_probability: float,
                                                                     channel_gamma, 3)))
         luma = (tiles * torch.tensor(LUMA_601, device=device, dtype=tiles.dtype)).sum(
             -1, keepdim=True)
+        before = tiles
         tiles = torch.where(per_tile(gray), luma.expand_as(tiles), tiles)
+    else:
+        before, gray = tiles, torch.zeros(count, dtype=torch.bool, device=device)
+    if keep_colour:
+        return tiles.clamp(0, 1) * 255.0, masks, before.clamp(0, 1) * 255.0, gray
     return tiles.clamp(0, 1) * 255.0, masks
 
 
@@ -206,10 +212,12 @@ def miss_scores(logits, truth, near):
 
 
 def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
-                 hardness: Optional[np.ndarray] = None):
+                 hardness: Optional[np.ndarray] = None, keep_colour: bool = False):
     """Return (tiles (B, s, s) float32 0..255, masks (B, s, s) float32 0..1, pool ids (B,)).
 
     ``s`` is the tile size, or ``crop_size`` for stage 'dense' (see :func:`crop_batch`).
+    ``keep_colour`` (colour tiles, augmented): also the tiles before graying and which became
+    gray, as :func:`augment` returns them.
     """
     chosen = sample_ids(pool, config, rng, hardness)
     tiles = pool.tiles[chosen]
@@ -218,6 +226,13 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         tiles, masks = crop_batch(tiles, masks, config.crop_size, rng)
     tiles = tiles.astype(np.float32)
     masks = masks.astype(np.float32) / 255.0
+    if keep_colour:
+        if not config.augment:
+            raise ValueError('keep_colour needs augment: only augmentation makes gray tiles')
+        tiles, masks, colour, gray = augment(tiles, masks, rng, config.invert_probability,
+                                             config.gray_fraction, config.color_gain,
+                                             config.channel_gamma, keep_colour=True)
+        return tiles, masks, chosen, colour, gray
     if config.augment:
         tiles, masks = augment(tiles, masks, rng, config.invert_probability,
                                config.gray_fraction, config.color_gain, config.channel_gamma)
@@ -249,7 +264,7 @@ def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.G
 
 def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
             invert_probability: float, gray_fraction: float = 0.2, color_gain: float = 0.1,
-            channel_gamma: float = 0.0):
+            channel_gamma: float = 0.0, keep_colour: bool = False):
     """Dihedral flips, contrast/brightness/gamma, inversion and sensor noise (per tile).
 
     The random draws do not depend on ``invert_probability``, ``gray_fraction`` or
@@ -259,9 +274,15 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
     ``gray_fraction``, become their luminance in all three channels (so a colour model still
     knows gray frames); drawn after the rest, so gray tiles draw exactly what they did before
     colour existed.
+
+    ``keep_colour``: also return each tile as it was just before it became gray (equal to the
+    output for the tiles that stayed colour) and which tiles became gray, (B,) bool: (tiles,
+    masks, colour, gray). The draws are the same either way.
     """
     out_tiles = np.empty_like(tiles)
     out_masks = np.empty_like(masks)
+    colour = np.empty_like(tiles) if keep_colour else None
+    grayed = np.zeros(len(tiles), bool)
     for index in range(len(tiles)):
         turns = int(rng.integers(0, 4))
         tile = np.rot90(tiles[index], turns)
@@ -280,10 +301,17 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
             gray = rng.random() < gray_fraction  # a gray camera's frame: three equal channels
             if channel_gamma > 0:
                 tile = np.clip(tile, 0, 1) ** np.exp(rng.uniform(-channel_gamma, channel_gamma, 3))
+            if colour is not None:
+                colour[index] = np.clip(tile, 0, 1) * 255.0
             if gray:
                 tile = np.repeat(to_luma(tile)[..., None], 3, axis=2)
+                grayed[index] = True
+        elif colour is not None:
+            colour[index] = np.clip(tile, 0, 1) * 255.0
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
+    if keep_colour:
+        return out_tiles, out_masks, colour, grayed
     return out_tiles, out_masks
 
 

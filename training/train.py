@@ -190,6 +190,13 @@ class TrainConfig:
     # weights, which keep training. It smooths the noise of small batches: 0.999 averages
     # about the last thousand steps. 0 = off.
     ema_decay: float = 0.0
+    # > 0 (colour tiles, input_color 'rgb', augment on): a colour-to-gray feature loss. A frozen
+    # copy of the starting model's image encoder (init_from's, eval mode) embeds each gray
+    # tile's colour original, and the trained encoder's embedding of the gray tile is pulled
+    # toward it: this weight x the mean squared difference over the embeddings, divided by the
+    # mean square of the frozen encoder's. Gray frames get the features the colour ones give.
+    # 0 = off.
+    gray_teacher_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -257,6 +264,18 @@ class TrainConfig:
         if self.pipeline == 'torch' and self.stage == 'dense':
             raise ValueError("pipeline 'torch' trains stage 'sam'; stage 'dense' (crops) runs "
                              "with pipeline 'numpy'")
+        if self.gray_teacher_weight < 0:
+            raise ValueError('gray_teacher_weight=%r must be >= 0 (0 = off)'
+                             % (self.gray_teacher_weight,))
+        if self.gray_teacher_weight > 0 and (
+                self.input_color != 'rgb' or not self.augment or self.gray_fraction <= 0
+                or not self.init_from):
+            raise ValueError('gray_teacher_weight=%r needs colour tiles turned gray by '
+                             "augmentation (input_color 'rgb', augment true, gray_fraction > 0) "
+                             'and init_from (the frozen encoder is that of the start); got '
+                             'input_color=%r, augment=%r, gray_fraction=%r, init_from=%r'
+                             % (self.gray_teacher_weight, self.input_color, self.augment,
+                                self.gray_fraction, self.init_from))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError('ema_decay=%r must be in [0, 1) (0 = off)' % (self.ema_decay,))
         if self.plan_minutes < 0:
@@ -767,11 +786,34 @@ def dense_head(model):
     return torch.nn.Conv2d(channels, 1, 1)
 
 
-def make_training_net(model, head, config: TrainConfig):
-    """Return the module a step runs: (pixels) -> (low-res mask logits or None, dense or None).
+def gray_teacher_loss(teacher, embeddings, colour_pixels, grayed, precision: str = 'fp32'):
+    """Return the colour-to-gray feature loss of a chunk (see TrainConfig.gray_teacher_weight).
 
-    Stage 'dense' runs the encoder and the head only; stage 'sam' the runtime's fixed-prompt
-    tile predictor (inference prompt), plus the head when ``dense_weight`` > 0.
+    ``embeddings`` (B, C, h, w): the trained encoder's, of the tiles as trained (some gray);
+    ``colour_pixels`` (B, 3, S, S): the same tiles before graying, preprocessed; ``grayed``
+    (B,) bool. The mean squared difference between the gray tiles' embeddings and the frozen
+    ``teacher``'s embeddings of their colour originals, over the mean square of the latter; a
+    zero that keeps the graph when no tile of the chunk is gray.
+    """
+    import torch
+
+    rows = torch.nonzero(grayed).flatten()
+    if not len(rows):
+        return embeddings.float().sum() * 0.0
+    with torch.no_grad(), torch.autocast(colour_pixels.device.type, dtype=torch.bfloat16,
+                                         enabled=precision == 'bf16'):
+        wanted = teacher(colour_pixels[rows]).last_hidden_state
+    wanted = wanted.float()
+    scale = wanted.pow(2).mean().clamp_min(1e-8)
+    return (embeddings[rows].float() - wanted).pow(2).mean() / scale
+
+
+def make_training_net(model, head, config: TrainConfig):
+    """Return the module a step runs: pixels -> (low-res mask logits, dense logits, embeddings).
+
+    The first two may be None. Stage 'dense' runs the encoder and the head only; stage 'sam'
+    the runtime's fixed-prompt tile predictor (inference prompt), plus the head when
+    ``dense_weight`` > 0.
     """
     import torch
 
@@ -789,7 +831,7 @@ def make_training_net(model, head, config: TrainConfig):
             embeddings = self.encoder(pixels).last_hidden_state
             dense = self.head(embeddings)[:, 0] if self.head is not None else None
             masks = self.predictor.decode(embeddings) if self.predictor is not None else None
-            return masks, dense
+            return masks, dense, embeddings
 
     return TrainingNet()
 
@@ -1045,6 +1087,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         head = dense_head(model)
         if head_state is not None:
             head.load_state_dict(head_state)
+    teacher = None  # gray_teacher_weight > 0: the starting model's encoder, frozen
+    if config.gray_teacher_weight > 0:
+        teacher = load_initial_model(config)[0].vision_encoder.eval()
+        teacher.requires_grad_(False)
+        teacher.to(accelerator.device)
     trainable = apply_freeze(model, config.freeze)
     # The whole model on the training device, not only the parts a step runs: the prompt
     # encoder computes the validation predictor's fixed prompt where the decoder runs.
@@ -1117,10 +1164,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     renew_due = False
     input_size = model.config.vision_config.image_size
     fixed = config.train_prompt == 'inference'
-    if config.stage == 'dense' or head is not None:
+    training_net = config.stage == 'dense' or head is not None or teacher is not None
+    if training_net:
         if not fixed:
-            raise ValueError("stage 'dense' and dense_weight > 0 train with train_prompt "
-                             "'inference'")
+            raise ValueError("stage 'dense', dense_weight > 0 and gray_teacher_weight > 0 train "
+                             "with train_prompt 'inference'")
         net = make_training_net(model, head, config)
     else:
         net = SamTilePredictor(model, config.prompt_mode, config.grid_points) if fixed else model
@@ -1186,15 +1234,22 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             if config.augment:
                 generator = torch.Generator(device=device)
                 generator.manual_seed(int(rng.integers(2 ** 62)))
-                tiles, target = augment_torch(tiles, target, generator,
-                                              config.invert_probability, config.gray_fraction,
-                                              config.color_gain, config.channel_gamma)
+                tiles, target, *kept = augment_torch(
+                    tiles, target, generator, config.invert_probability, config.gray_fraction,
+                    config.color_gain, config.channel_gamma, keep_colour=teacher is not None)
             pixels = preprocess_torch(tiles, pixel_size)
+            if teacher is not None:
+                colour_pixels, grayed = preprocess_torch(kept[0], pixel_size), kept[1]
             masks = None if fixed else target.cpu().numpy()
         else:
-            tiles, masks, chosen = sample_batch(pool, config, rng, hardness)
+            tiles, masks, chosen, *kept = sample_batch(pool, config, rng, hardness,
+                                                       keep_colour=teacher is not None)
             pixels = preprocess_tiles(tiles if tiles.ndim == 4 else tiles[..., None],
                                       pixel_size)
+            if teacher is not None:
+                colour_pixels = torch.from_numpy(preprocess_tiles(kept[0], pixel_size)).to(
+                    device).contiguous(memory_format=torch.channels_last)
+                grayed = torch.from_numpy(kept[1]).to(device)
             # Channels-last input: the convolutions run in oneDNN's / cuDNN's preferred layout
             # (sat-cnn-fine, bf16, one CPU thread, three rounds beside a training run: 0.29-0.35
             # s against 0.35-0.38 s per forward and backward of 16 tiles); only rounding can
@@ -1216,11 +1271,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                 align_corners=False)[:, 0]
 
         def chunk_loss(rows: slice, backward_scale: float):
-            dense = None
+            dense = embeddings = None
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
                                 enabled=precision == 'bf16'):
-                if head is not None:
-                    low_res, dense = net(pixels[rows])
+                if training_net:
+                    low_res, dense, embeddings = net(pixels[rows])
                 elif fixed:
                     low_res = net(pixels[rows])
                 else:
@@ -1248,6 +1303,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                     config.dense_weight * dense_loss)
                 if low_res is None:
                     logits = dense_logits
+            if teacher is not None:
+                value = value + config.gray_teacher_weight * gray_teacher_loss(
+                    teacher, embeddings, colour_pixels[rows], grayed[rows], precision)
             flat = logits.detach().flatten(1)
             peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
             if track_misses:
