@@ -4,10 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train import final_state, micro_config
 
 from sat_seg_ros.tiling import to_luma
 from sat_seg_training.batches import augment, augment_torch
-from sat_seg_training.train import gray_teacher_loss, read_checkpoint, train, TrainConfig
+from sat_seg_training.train import gray_teacher_loss, read_checkpoint, train
 
 
 def colour_tiles(count=40, size=16, seed=0):
@@ -83,15 +84,13 @@ def test_the_loss_is_zero_where_the_gray_embedding_matches_the_colour_one():
 
 
 def micro_colour_config(tmp_path, data, **changes):
-    values = {'name': 'test', 'out_dir': str(tmp_path / 'run'), 'architecture': 'test-cnn',
-              'data': str(data), 'scenes': 0, 'val_data': str(data), 'val_scenes': 2,
-              'model_sizes': [128], 'size_weights': [1.0], 'tile_size': 64, 'batch_size': 4,
-              'steps': 4, 'lr': 3e-3, 'warmup_steps': 1, 'val_every': 1000,
-              'checkpoint_every': 1000, 'log_every': 1, 'threads': 1, 'stage': 'sam',
+    """micro_config on colour scenes from ``data``: a CNN run, half its tiles turned gray."""
+    values = {'architecture': 'test-cnn', 'data': str(data), 'scenes': 0,
+              'val_data': str(data), 'val_scenes': 2, 'steps': 4, 'stage': 'sam',
               'input_color': 'rgb', 'gray_fraction': 0.5, 'dense_weight': 0.5,
               'positive_fraction': 0.5}
     values.update(changes)
-    return TrainConfig(**values)
+    return micro_config(tmp_path, **values)
 
 
 @pytest.mark.parametrize('pipeline', ['numpy', 'torch'])
@@ -120,8 +119,7 @@ def test_a_run_with_the_gray_teacher_adds_its_loss_and_resumes_exactly(tmp_path,
                                       gray_teacher_weight=1.0, pipeline=pipeline)
     train(interrupted, progress=False, stop_at_step=3)
     train(interrupted, progress=False)  # the frozen encoder comes from init_from again
-    a = read_checkpoint(Path(straight.out_dir) / 'last.pt')['model']
-    b = read_checkpoint(Path(interrupted.out_dir) / 'last.pt')['model']
+    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -226,17 +226,14 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
         tiles, masks = crop_batch(tiles, masks, config.crop_size, rng)
     tiles = tiles.astype(np.float32)
     masks = masks.astype(np.float32) / 255.0
-    if keep_colour:
-        if not config.augment:
-            raise ValueError('keep_colour needs augment: only augmentation makes gray tiles')
-        tiles, masks, colour, gray = augment(tiles, masks, rng, config.invert_probability,
-                                             config.gray_fraction, config.color_gain,
-                                             config.channel_gamma, keep_colour=True)
-        return tiles, masks, chosen, colour, gray
+    kept = []
     if config.augment:
-        tiles, masks = augment(tiles, masks, rng, config.invert_probability,
-                               config.gray_fraction, config.color_gain, config.channel_gamma)
-    return tiles, masks, chosen
+        tiles, masks, *kept = augment(tiles, masks, rng, config.invert_probability,
+                                      config.gray_fraction, config.color_gain,
+                                      config.channel_gamma, keep_colour)
+    elif keep_colour:
+        raise ValueError('keep_colour needs augment: only augmentation makes gray tiles')
+    return (tiles, masks, chosen, *kept)
 
 
 def crop_batch(tiles: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator):
@@ -301,16 +298,15 @@ def augment(tiles: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
             gray = rng.random() < gray_fraction  # a gray camera's frame: three equal channels
             if channel_gamma > 0:
                 tile = np.clip(tile, 0, 1) ** np.exp(rng.uniform(-channel_gamma, channel_gamma, 3))
-            if colour is not None:
-                colour[index] = np.clip(tile, 0, 1) * 255.0
             if gray:
+                if colour is not None:
+                    colour[index] = np.clip(tile, 0, 1) * 255.0
                 tile = np.repeat(to_luma(tile)[..., None], 3, axis=2)
                 grayed[index] = True
-        elif colour is not None:
-            colour[index] = np.clip(tile, 0, 1) * 255.0
         out_tiles[index] = np.clip(tile, 0, 1) * 255.0
         out_masks[index] = mask
     if keep_colour:
+        colour[~grayed] = out_tiles[~grayed]  # the tiles that stayed colour are their own
         return out_tiles, out_masks, colour, grayed
     return out_tiles, out_masks
 
