@@ -1220,7 +1220,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     track_misses = config.hard_positive_fraction > 0  # positives' miss scores into hardness
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
                desc=config.name, dynamic_ncols=True)
-    running = []
+    running, running_terms = [], []
     stop_reason = 'done'
     loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
     rate_mark = None  # plan_minutes: (step, time) where the rate measurement starts
@@ -1304,8 +1304,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                 if low_res is None:
                     logits = dense_logits
             if teacher is not None:
-                value = value + config.gray_teacher_weight * gray_teacher_loss(
-                    teacher, embeddings, colour_pixels[rows], grayed[rows], precision)
+                term = gray_teacher_loss(teacher, embeddings, colour_pixels[rows], grayed[rows],
+                                         precision)
+                value = value + config.gray_teacher_weight * term
+                step_terms.append(float(term.detach()) * backward_scale)  # a list: thread-safe
             flat = logits.detach().flatten(1)
             peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
             if track_misses:
@@ -1314,6 +1316,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             return value.detach()
 
         optimizer.zero_grad(set_to_none=True)
+        step_terms = []  # the colour-to-gray term of each chunk, scaled by its share
         loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
@@ -1327,6 +1330,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             hardness[chosen[~negative_rows]] = misses[~negative_rows]
         step += 1
         running.append(float(loss.detach()))
+        if teacher is not None:
+            running_terms.append(sum(step_terms))
         bar.update(1)
         stopping = step == stop_at_step or bool(
             config.max_minutes and time.time() - started > 60 * config.max_minutes)
@@ -1355,11 +1360,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             record = {'step': step, 'loss': float(np.mean(running)),
                       'lr': optimizer.param_groups[0]['lr'],
                       'elapsed_s': round(time.time() - started, 1)}
-            running = []
+            if running_terms:  # unweighted, and also inside 'loss' (times its weight)
+                record['gray_teacher'] = float(np.mean(running_terms))
+            running, running_terms = [], []
             history.append(record)
             bar.set_postfix(loss='%.4f' % record['loss'])
-            LOG.info('step %d loss %.4f lr %.2e %.0fs', step, record['loss'], record['lr'],
-                     record['elapsed_s'])
+            LOG.info('step %d loss %.4f lr %.2e %.0fs%s', step, record['loss'], record['lr'],
+                     record['elapsed_s'], ' gray_teacher %.4f' % record['gray_teacher']
+                     if 'gray_teacher' in record else '')
         if step % config.val_every == 0 or step == steps:
             net.eval()
             judged = ema if ema is not None else accelerator.unwrap_model(model)
