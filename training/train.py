@@ -15,6 +15,7 @@ continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import copy
 import dataclasses
 import functools
 import json
@@ -1089,7 +1090,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             head.load_state_dict(head_state)
     teacher = None  # gray_teacher_weight > 0: the starting model's encoder, frozen
     if config.gray_teacher_weight > 0:
-        teacher = load_initial_model(config)[0].vision_encoder.eval()
+        # A fresh start's model is the start itself (read once); a resumed one has moved on.
+        start = model if checkpoint is None else load_initial_model(config)[0]
+        teacher = copy.deepcopy(start.vision_encoder).eval()
         teacher.requires_grad_(False)
         teacher.to(accelerator.device)
     trainable = apply_freeze(model, config.freeze)
@@ -1100,8 +1103,6 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         head.to(accelerator.device)
     ema = None  # ema_decay > 0: the moving average of the weights, what the run validates
     if config.ema_decay > 0:
-        import copy
-
         ema = copy.deepcopy(model).eval()
         ema.requires_grad_(False)
         if checkpoint is not None and checkpoint.get('ema') is not None:
