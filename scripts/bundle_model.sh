@@ -2,7 +2,8 @@
 # Turn a training checkpoint into a calibrated model folder like the bundled one
 # (sat_seg_ros/models/default): export, then choose the post-processing on validation for each
 # way the folder runs: model size 512 (the top level of sat_seg.json), 1024
-# (by_model_size["1024"]), 512 + 1024 fused (by_model_size["512+1024"]) and the named mode
+# (by_model_size["1024"]), 2048 (by_model_size["2048"]), 512 + 1024 fused
+# (by_model_size["512+1024"]) and the named mode
 # 'accurate' (64 px tile overlap + four mirrored views at 512; modes["accurate"]); with a
 # GRAY_VALIDATION_SET (the gray twins of the validation scenes) also the mode 'gray' (the 512
 # settings chosen on gray frames, for mono cameras; modes["gray"]).
@@ -27,6 +28,7 @@ common=(--dataset "$val" --max-detections 1 --min-areas 16,64,160)
 "$SAT_SEG" train --export "$checkpoint" "$out"
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 512
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 1024
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 2048
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode accurate --tile-overlap 64 --flips 4
 if [ -n "$gray" ]; then

@@ -46,7 +46,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, env):
     assert [p.name for p in (tmp_path / 'out').iterdir()] == ['keep.txt']
 
 
-def test_a_checkpoint_becomes_a_folder_calibrated_at_512_1024_fused_and_accurate(tmp_path, env):
+def test_a_checkpoint_becomes_a_folder_calibrated_at_each_size_fused_and_accurate(tmp_path, env):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.train import TrainConfig, train
 
@@ -65,8 +65,14 @@ def test_a_checkpoint_becomes_a_folder_calibrated_at_512_1024_fused_and_accurate
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((out / 'sat_seg.json').read_text())
     assert info['calibration']['model_size'] == 512 and info['calibration']['images'] == 3
-    assert set(info['by_model_size']) == {'1024', '512+1024'}
-    assert info['by_model_size']['1024']['calibration']['model_size'] == 1024
+    assert set(info['by_model_size']) == {'1024', '2048', '512+1024'}
+    for size in (1024, 2048):
+        entry = info['by_model_size'][str(size)]
+        assert entry['calibration']['model_size'] == size
+        segmenter = Segmenter.from_model(out, model_size=size)
+        assert (segmenter.config.threshold, segmenter.config.seed_threshold,
+                segmenter.config.min_area_px) == (entry['threshold'], entry['seed_threshold'],
+                                                  entry['min_area_px'])
     assert info['by_model_size']['512+1024']['fuse_sizes'] == [1024]
     accurate = info['modes']['accurate']
     assert (accurate['flips'], accurate['tile_overlap'], accurate['max_detections']) == (4, 64, 1)
