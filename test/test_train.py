@@ -91,6 +91,26 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_max_minutes_counts_the_time_of_every_invocation(tmp_path):
+    # The budget is cumulative (elapsed_s in last.pt): after earlier invocations that took an hour,
+    # a resume with max_minutes=30 runs one step, saves and stops, though it has itself run for
+    # seconds; with max_minutes=90 the same resume runs to the end.
+    import torch
+
+    config = micro_config(tmp_path, steps=6)
+    train(config, progress=False, stop_at_step=2)
+    last = Path(config.out_dir) / 'last.pt'
+    checkpoint = read_checkpoint(last)
+    checkpoint['elapsed_s'] = 3600.0
+    torch.save(checkpoint, str(last))
+    used_up = train(micro_config(tmp_path, steps=6, max_minutes=30.0), progress=False)
+    assert used_up['stop_reason'] == 'max_minutes' and used_up['steps'] == 3
+    assert read_checkpoint(last)['step'] == 3
+    assert 3600.0 < read_checkpoint(last)['elapsed_s'] < 3600.0 + 300.0
+    rest = train(micro_config(tmp_path, steps=6, max_minutes=90.0), progress=False)
+    assert rest['stop_reason'] == 'done' and rest['steps'] == 6
+
+
 @pytest.mark.parametrize('pipeline', ['numpy', 'torch'])
 def test_a_renewed_pool_brings_new_tiles_and_resumes_exactly(tmp_path, caplog, pipeline):
     import torch
