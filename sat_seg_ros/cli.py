@@ -19,6 +19,8 @@ OFFLINE = 'sat_seg_training.commands.'  # the top-level training/ folder, import
 COMMANDS: Dict[str, Tuple[str, str]] = {
     'infer': (RUNTIME + 'infer', 'segment image files or folders into masks and detections.json'),
     'evaluate': (OFFLINE + 'evaluate', "the report's Table 1 for a model on a dataset"),
+    'compare': (OFFLINE + 'compare', "two models' paired result on the same images "
+                                     '(evaluate reports)'),
     'bench': (RUNTIME + 'bench', 'latency, GFLOP and peak memory per frame vs the naive pipeline'),
     'synth': (OFFLINE + 'synth', 'generate a synthetic aerial dataset with satellites'),
     'import': (OFFLINE + 'importers', 'convert COCO / YOLO / CSV bbox labels into the dataset '

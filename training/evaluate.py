@@ -4,7 +4,8 @@ Per model size: accuracy (IoU > 0.5; an empty prediction on an image without a s
 correct), mean IoU over images with a satellite, image-level detection precision / recall,
 mean seconds per image (the Segmenter's total, frame in -> mask out) and the machine; then the
 accuracy broken down by satellite size and, for `sat-seg synth` scenes, by background
-(photograph or procedural), which says where a model fails.
+(photograph or procedural), which says where a model fails. The report lists the images
+scored (``images``) and each size's failures, which ``sat-seg compare`` pairs between two models.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
         segmenter.close()
     report = {'dataset': str(dataset_dir), 'model': str(model_dir or 'bundled default'),
               'machine': machine_description(), 'rows': rows,
+              'images': [record.file_name for record in records],
               'failures': {size: [dataclasses.asdict(o) for o in found if not o.correct]
                            for size, found in outcomes.items()}}
     if gallery is not None:
