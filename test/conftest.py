@@ -62,3 +62,24 @@ def cnn_model_dir(tmp_path_factory):
 def cnn_fine_model_dir(tmp_path_factory):
     """Return the same for test-cnn-fine (a stride-4 block and the stride-4 lateral)."""
     return _cnn_model_folder(tmp_path_factory, 'test-cnn-fine')
+
+
+@pytest.fixture(scope='session')
+def small_dataset(tmp_path_factory):
+    """Write three 250x200 noise images in the dataset layout: two with a satellite mask."""
+    import numpy as np
+
+    from sat_seg_training.dataset import DatasetWriter
+
+    root = tmp_path_factory.mktemp('eval_set')
+    rng = np.random.default_rng(3)
+    with DatasetWriter(root) as writer:
+        for index in range(3):
+            image = rng.integers(0, 255, (200, 250), dtype=np.uint8)
+            mask = np.zeros((200, 250), bool)
+            if index < 2:
+                mask[40 + index * 50:80 + index * 50, 60:120] = True
+                writer.add('img%d.png' % index, image, mask=mask)
+            else:
+                writer.add('img%d.png' % index, image)
+    return root

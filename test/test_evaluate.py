@@ -10,22 +10,6 @@ from sat_seg_ros.cli import main
 from sat_seg_training.dataset import DatasetWriter
 
 
-@pytest.fixture(scope='module')
-def small_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp('eval_set')
-    rng = np.random.default_rng(3)
-    with DatasetWriter(root) as writer:
-        for index in range(3):
-            image = rng.integers(0, 255, (200, 250), dtype=np.uint8)
-            mask = np.zeros((200, 250), bool)
-            if index < 2:
-                mask[40 + index * 50:80 + index * 50, 60:120] = True
-                writer.add('img%d.png' % index, image, mask=mask)
-            else:
-                writer.add('img%d.png' % index, image)
-    return root
-
-
 def test_table_matches_an_independent_computation(tiny_model_dir, small_dataset, tmp_path):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.dataset import load_dataset
