@@ -61,6 +61,14 @@ def test_reports_of_different_images_or_sizes_are_refused():
         paired(old, report(['a.png'], []))
     with pytest.raises(ValueError, match='did not score'):
         paired(report(['a.png'], ['z.png']), report(['a.png'], []))
+    uncounted = report(['a.png'], [])
+    del uncounted['rows'][0]['images']
+    with pytest.raises(ValueError, match='counts None images but it lists 1'):
+        paired(uncounted, report(['a.png'], []))
+    odd = report(['a.png'], [])
+    odd['failures']['512'] = [{'iou': 0.0}]
+    with pytest.raises(ValueError, match='each needs a file_name'):
+        paired(odd, report(['a.png'], []))
 
 
 def correct_per_image(model_dir, dataset, threshold):
@@ -118,7 +126,8 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
               '2 candidate reports but 1 reference'),
              (['--candidate', str(broken), '--reference', str(good)], 'is not JSON'),
              (['--candidate', str(tmp_path / 'none.json'), '--reference', str(good)],
-              'no such report')]
+              'no such report'),
+             (['--candidate', str(tmp_path), '--reference', str(good)], 'cannot be read')]
     for arguments, message in cases:
         capsys.readouterr()
         assert main(['compare'] + arguments + ['--json', str(out)]) == 2

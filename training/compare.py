@@ -36,10 +36,11 @@ def z_score(gain: int, loss: int) -> float:
 
 
 def _row(report: Dict[str, Any], size: int, name: str) -> Dict[str, Any]:
-    for row in report.get('rows', []):
-        if int(row.get('model_size', -1)) == size:
+    rows = [row for row in report.get('rows') or [] if isinstance(row, dict)]
+    for row in rows:
+        if row.get('model_size') == size:
             return row
-    sizes = sorted(int(row['model_size']) for row in report.get('rows', []) if 'model_size' in row)
+    sizes = sorted(row['model_size'] for row in rows if isinstance(row.get('model_size'), int))
     raise ValueError('%s has no row for model size %d (it has %s): evaluate both at the same '
                      '--sizes' % (name, size, sizes or 'none'))
 
@@ -57,7 +58,11 @@ def _wrong(report: Dict[str, Any], size: int, name: str) -> set:
     entries = failures.get(str(size), failures.get(size))
     if entries is None:
         raise ValueError('%s has no failure list for model size %d' % (name, size))
-    return {entry['file_name'] for entry in entries}
+    try:
+        return {str(entry['file_name']) for entry in entries}
+    except (KeyError, TypeError):
+        raise ValueError('%s: its failures at %d are not sat-seg evaluate entries (each needs a '
+                         'file_name)' % (name, size)) from None
 
 
 def paired(candidate: Dict[str, Any], reference: Dict[str, Any], size: int = 512,
@@ -77,10 +82,10 @@ def paired(candidate: Dict[str, Any], reference: Dict[str, Any], size: int = 512
                          % (names[0], names[1], len(images), len(other),
                             only[0] if only else 'a repeated name'))
     for report, name in zip((candidate, reference), names):
-        row = _row(report, size, name)
-        if int(row['images']) != len(images):
+        counted = _row(report, size, name).get('images')
+        if counted != len(images):
             raise ValueError('%s: its row at %d counts %s images but it lists %d'
-                             % (name, size, row['images'], len(images)))
+                             % (name, size, counted, len(images)))
     everything = set(images)
     wrong_candidate = _wrong(candidate, size, names[0])
     wrong_reference = _wrong(reference, size, names[1])

@@ -30,9 +30,12 @@ def _read(path: Path) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError('%s: no such report (write one with sat-seg evaluate --json)'
                                 % path) from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError('%s is not JSON (%s): pass sat-seg evaluate --json reports'
                          % (path, error)) from None
+    except OSError as error:
+        raise ValueError('%s cannot be read (%s): pass sat-seg evaluate --json reports'
+                         % (path, error.strerror or error)) from None
     if not isinstance(report, dict) or 'rows' not in report:
         raise ValueError('%s is not a sat-seg evaluate report (no "rows")' % path)
     return report
