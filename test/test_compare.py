@@ -120,14 +120,20 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     other.write_text(json.dumps(report(['b.png'], [])))
     broken = tmp_path / 'broken.json'
     broken.write_text('{"rows": [')
+    binary = tmp_path / 'binary.json'
+    binary.write_bytes(b'\xff\xfe\x00\x81')
     out = tmp_path / 'paired.json'
     cases = [(['--candidate', str(good), '--reference', str(other)], 'different images'),
              (['--candidate', str(good), str(good), '--reference', str(good)],
               '2 candidate reports but 1 reference'),
-             (['--candidate', str(broken), '--reference', str(good)], 'is not JSON'),
+             (['--candidate', str(broken), '--reference', str(good)],
+              'broken.json is not readable JSON'),
              (['--candidate', str(tmp_path / 'none.json'), '--reference', str(good)],
-              'no such report'),
-             (['--candidate', str(tmp_path), '--reference', str(good)], 'cannot be read')]
+              'none.json not found: expected a sat-seg evaluate'),
+             (['--candidate', str(binary), '--reference', str(good)],
+              'binary.json is not readable JSON'),
+             (['--candidate', str(tmp_path), '--reference', str(good)],
+              '%s is not readable JSON' % tmp_path)]
     for arguments, message in cases:
         capsys.readouterr()
         assert main(['compare'] + arguments + ['--json', str(out)]) == 2

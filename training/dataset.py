@@ -140,7 +140,7 @@ def read_json(path, what: str):
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise DatasetError(f'{path} not found: expected {what}') from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f'{path} is not readable JSON ({error}): expected {what}') from None
 
 

@@ -25,17 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: Path) -> dict:
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError('%s: no such report (write one with sat-seg evaluate --json)'
-                                % path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError('%s is not JSON (%s): pass sat-seg evaluate --json reports'
-                         % (path, error)) from None
-    except OSError as error:
-        raise ValueError('%s cannot be read (%s): pass sat-seg evaluate --json reports'
-                         % (path, error.strerror or error)) from None
+    from sat_seg_training.dataset import read_json
+
+    report = read_json(path, 'a sat-seg evaluate --json report')
     if not isinstance(report, dict) or 'rows' not in report:
         raise ValueError('%s is not a sat-seg evaluate report (no "rows")' % path)
     return report
