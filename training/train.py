@@ -198,6 +198,15 @@ class TrainConfig:
     # mean square of the frozen encoder's. Gray frames get the features the colour ones give.
     # 0 = off.
     gray_teacher_weight: float = 0.0
+    # > 0 (stage 'sam', train_prompt 'inference', init_from): distil the starting model's
+    # mirror views (the mode `accurate`'s four flips) into one pass. A frozen copy of
+    # init_from's model (eval mode) predicts each tile under one of the four mirror views
+    # (none, left-right, up-down, both; drawn per tile), mirrored back, and the trained model's
+    # low-resolution mask logits are pulled toward those probabilities: this weight x their
+    # binary cross-entropy. One drawn view per tile gives in expectation the gradient toward
+    # the mean of the four (the cross-entropy's gradient is linear in its target) at a third of
+    # a step's cost, not four thirds. 0 = off.
+    view_teacher_weight: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -277,6 +286,16 @@ class TrainConfig:
                              'input_color=%r, augment=%r, gray_fraction=%r, init_from=%r'
                              % (self.gray_teacher_weight, self.input_color, self.augment,
                                 self.gray_fraction, self.init_from))
+        if self.view_teacher_weight < 0:
+            raise ValueError('view_teacher_weight=%r must be >= 0 (0 = off)'
+                             % (self.view_teacher_weight,))
+        if self.view_teacher_weight > 0 and (
+                self.stage != 'sam' or self.train_prompt != 'inference' or not self.init_from):
+            raise ValueError("view_teacher_weight=%r needs stage 'sam', train_prompt "
+                             "'inference' and init_from (the frozen model is the start); got "
+                             'stage=%r, train_prompt=%r, init_from=%r'
+                             % (self.view_teacher_weight, self.stage, self.train_prompt,
+                                self.init_from))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError('ema_decay=%r must be in [0, 1) (0 = off)' % (self.ema_decay,))
         if self.plan_minutes < 0:
@@ -822,6 +841,39 @@ def gray_teacher_loss(teacher, embeddings, colour_pixels, grayed, precision: str
     return (embeddings[rows].float() - wanted).pow(2).mean() / scale
 
 
+def mirror_views(batch, views):
+    """Return ``batch`` (B, ..., H, W) with row i mirrored by view ``views[i]`` (B,) int.
+
+    The views are the Segmenter's flips: 0 none, 1 left-right, 2 up-down, 3 both. Each is its
+    own inverse, so the same call maps a view's prediction back to the tile.
+    """
+    import torch
+
+    out = batch.clone()
+    for view, dims in ((1, [-1]), (2, [-2]), (3, [-2, -1])):
+        rows = torch.nonzero(views == view).flatten()
+        if len(rows):
+            out[rows] = torch.flip(batch[rows], dims)
+    return out
+
+
+def view_teacher_loss(teacher, low_res, pixels, views, precision: str = 'fp32'):
+    """Return the mirror-view distillation loss of a chunk (TrainConfig.view_teacher_weight).
+
+    ``low_res`` (B, h, w): the trained model's mask logits of the tiles ``pixels`` (B, 3, S, S);
+    ``views`` (B,): each tile's drawn mirror view. The frozen ``teacher`` (pixels -> low-res
+    logits) predicts each tile under its view; the binary cross-entropy of ``low_res`` against
+    those probabilities, mirrored back, averaged over the pixels.
+    """
+    import torch
+
+    with torch.no_grad(), torch.autocast(pixels.device.type, dtype=torch.bfloat16,
+                                         enabled=precision == 'bf16'):
+        seen = teacher(mirror_views(pixels, views))
+    wanted = mirror_views(torch.sigmoid(seen.float()), views)
+    return torch.nn.functional.binary_cross_entropy_with_logits(low_res.float(), wanted)
+
+
 def make_training_net(model, head, config: TrainConfig):
     """Return the module a step runs: pixels -> (low-res mask logits, dense logits, embeddings).
 
@@ -1108,6 +1160,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         teacher = copy.deepcopy(start.vision_encoder).eval()
         teacher.requires_grad_(False)
         teacher.to(accelerator.device)
+    view_teacher = None  # view_teacher_weight > 0: the starting model's predictor, frozen
+    if config.view_teacher_weight > 0:
+        start = model if checkpoint is None else load_initial_model(config)[0]
+        view_teacher = SamTilePredictor(copy.deepcopy(start), config.prompt_mode,
+                                        config.grid_points).eval()
+        view_teacher.requires_grad_(False)
+        view_teacher.to(accelerator.device)
     trainable = apply_freeze(model, config.freeze)
     # The whole model on the training device, not only the parts a step runs: the prompt
     # encoder computes the validation predictor's fixed prompt where the decoder runs.
@@ -1234,7 +1293,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     track_misses = config.hard_positive_fraction > 0  # positives' miss scores into hardness
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
                desc=config.name, dynamic_ncols=True)
-    running, running_terms = [], []
+    running, running_terms, running_views = [], [], []
     stop_reason = 'done'
     loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
     rate_mark = None  # plan_minutes: (step, time) where the rate measurement starts
@@ -1268,6 +1327,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             group['lr'] = learning_rate(config, step, steps)
         boxes = None if fixed else torch.from_numpy(
             jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
+        views = None if view_teacher is None else torch.from_numpy(
+            rng.integers(0, 4, len(pixels))).to(device)
 
         peaks = np.zeros(len(chosen), np.float32)
         misses = np.ones(len(chosen), np.float32)
@@ -1315,6 +1376,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                                          precision)
                 value = value + config.gray_teacher_weight * term
                 step_terms.append(float(term.detach()) * backward_scale)  # a list: thread-safe
+            if view_teacher is not None:
+                term = view_teacher_loss(view_teacher, low_res, pixels[rows], views[rows],
+                                         precision)
+                value = value + config.view_teacher_weight * term
+                view_terms.append(float(term.detach()) * backward_scale)
             flat = logits.detach().flatten(1)
             peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
             if track_misses:
@@ -1324,6 +1390,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
 
         optimizer.zero_grad(set_to_none=True)
         step_terms = []  # the colour-to-gray term of each chunk, scaled by its share
+        view_terms = []  # the same for the mirror-view term
         loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
@@ -1339,6 +1406,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         running.append(float(loss.detach()))
         if teacher is not None:
             running_terms.append(sum(step_terms))
+        if view_teacher is not None:
+            running_views.append(sum(view_terms))
         bar.update(1)
         stopping = step == stop_at_step or bool(
             config.max_minutes and time.time() - started > 60 * config.max_minutes)
@@ -1367,14 +1436,18 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             record = {'step': step, 'loss': float(np.mean(running)),
                       'lr': optimizer.param_groups[0]['lr'],
                       'elapsed_s': round(time.time() - started, 1)}
-            if running_terms:  # unweighted, and also inside 'loss' (times its weight)
+            # The teachers' terms unweighted, and also inside 'loss' (times their weights).
+            if running_terms:
                 record['gray_teacher'] = float(np.mean(running_terms))
-            running, running_terms = [], []
+            if running_views:
+                record['view_teacher'] = float(np.mean(running_views))
+            running, running_terms, running_views = [], [], []
             history.append(record)
             bar.set_postfix(loss='%.4f' % record['loss'])
             LOG.info('step %d loss %.4f lr %.2e %.0fs%s', step, record['loss'], record['lr'],
-                     record['elapsed_s'], ' gray_teacher %.4f' % record['gray_teacher']
-                     if 'gray_teacher' in record else '')
+                     record['elapsed_s'], ''.join(
+                         ' %s %.4f' % (name, record[name])
+                         for name in ('gray_teacher', 'view_teacher') if name in record))
         if step % config.val_every == 0 or step == steps:
             net.eval()
             judged = ema if ema is not None else accelerator.unwrap_model(model)
