@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import final_state, micro_config
+from test_train import assert_resumes_exactly, first_step_records, micro_config
 
 from sat_seg_ros.tiling import to_luma
 from sat_seg_training.batches import augment, augment_torch
-from sat_seg_training.train import gray_teacher_loss, read_checkpoint, train
+from sat_seg_training.train import gray_teacher_loss, train
 
 
 def colour_tiles(count=40, size=16, seed=0):
@@ -95,8 +95,6 @@ def micro_colour_config(tmp_path, data, **changes):
 
 @pytest.mark.parametrize('pipeline', ['numpy', 'torch'])
 def test_a_run_with_the_gray_teacher_adds_its_loss_and_resumes_exactly(tmp_path, pipeline):
-    import torch
-
     from sat_seg_training.synth import generate
 
     data = tmp_path / 'colour'
@@ -104,28 +102,17 @@ def test_a_run_with_the_gray_teacher_adds_its_loss_and_resumes_exactly(tmp_path,
     start = micro_colour_config(tmp_path / 'start', data, steps=3)
     train(start, progress=False)
     init = str(Path(start.out_dir) / 'last.pt')
-    first = {}
-    for weight in (0.0, 1.0):
-        config = micro_colour_config(tmp_path / str(weight), data, steps=1, init_from=init,
-                                     gray_teacher_weight=weight, pipeline=pipeline)
-        train(config, progress=False)
-        first[weight] = read_checkpoint(Path(config.out_dir) / 'last.pt')['history'][0]
+    first = first_step_records(tmp_path, lambda folder, weight: micro_colour_config(
+        folder, data, steps=1, init_from=init, gray_teacher_weight=weight, pipeline=pipeline))
     # Same start, same batch: the gray tiles' embeddings differ from their colour originals',
     # and the logged term is exactly what the loss gained.
     assert 'gray_teacher' not in first[0.0]
     assert first[1.0]['gray_teacher'] > 1e-4
     assert first[1.0]['loss'] - first[0.0]['loss'] == pytest.approx(
         first[1.0]['gray_teacher'], abs=1e-5)
-    straight = micro_colour_config(tmp_path / 'a', data, steps=6, init_from=init,
-                                   gray_teacher_weight=1.0, pipeline=pipeline)
-    train(straight, progress=False)
-    interrupted = micro_colour_config(tmp_path / 'b', data, steps=6, init_from=init,
-                                      gray_teacher_weight=1.0, pipeline=pipeline)
-    train(interrupted, progress=False, stop_at_step=3)
-    train(interrupted, progress=False)  # the frozen encoder comes from init_from again
-    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # The frozen encoder comes from init_from again when the run resumes.
+    assert_resumes_exactly(tmp_path, lambda folder: micro_colour_config(
+        folder, data, steps=6, init_from=init, gray_teacher_weight=1.0, pipeline=pipeline))
 
 
 def test_the_gray_teacher_names_what_it_needs(tmp_path):

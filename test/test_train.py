@@ -29,6 +29,33 @@ def final_state(run_dir):
     return read_checkpoint(Path(run_dir) / 'last.pt')['model']
 
 
+def first_step_records(tmp_path, make):
+    """Return {weight: first log record} of one step of ``make(folder, weight)`` at 0 and 1.
+
+    The same start and batch, so the two losses differ by the term the weight turns on.
+    """
+    records = {}
+    for weight in (0.0, 1.0):
+        config = make(tmp_path / str(weight), weight)
+        train(config, progress=False)
+        records[weight] = read_checkpoint(Path(config.out_dir) / 'last.pt')['history'][0]
+    return records
+
+
+def assert_resumes_exactly(tmp_path, make, stop=3):
+    """Train ``make(folder)``'s config straight through, and stopped and resumed: same bits."""
+    import torch
+
+    straight, interrupted = make(tmp_path / 'a'), make(tmp_path / 'b')
+    train(straight, progress=False)
+    train(interrupted, progress=False, stop_at_step=stop)
+    train(interrupted, progress=False)
+    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_few_steps_lower_the_loss(tmp_path):
     config = micro_config(tmp_path, steps=40, positive_fraction=0.5)
     summary = train(config, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import final_state, micro_config
+from test_train import assert_resumes_exactly, micro_config
 
 from sat_seg_training.batches import (augment_torch, pool_groups, preprocess_torch,
                                       sample_ids_vectorized)
@@ -158,21 +158,13 @@ def test_torch_preprocessing_matches_the_runtime():
 
 
 def test_the_torch_pipeline_learns_and_resumes_exactly(tmp_path):
-    import torch
-
     config = micro_config(tmp_path / 'learn', steps=40, positive_fraction=0.5, pipeline='torch')
     train(config, progress=False)
     history = read_checkpoint(Path(config.out_dir) / 'last.pt')['history']
     losses = [entry['loss'] for entry in history if 'loss' in entry]
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
-    straight = micro_config(tmp_path / 'a', steps=6, pipeline='torch')
-    train(straight, progress=False)
-    interrupted = micro_config(tmp_path / 'b', steps=6, pipeline='torch')
-    train(interrupted, progress=False, stop_at_step=3)
-    train(interrupted, progress=False)
-    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_resumes_exactly(tmp_path, lambda folder: micro_config(folder, steps=6,
+                                                                 pipeline='torch'))
     with pytest.raises(ValueError, match="stage 'dense'"):
         micro_config(tmp_path, pipeline='torch', stage='dense', architecture='test-cnn',
                      crop_size=32)

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train import final_state, micro_config
+from test_train import assert_resumes_exactly, first_step_records, micro_config
 
-from sat_seg_training.train import (mirror_views, read_checkpoint, train, TrainConfig,
-                                    view_teacher_loss)
+from sat_seg_training.train import mirror_views, train, TrainConfig, view_teacher_loss
 
 
 def test_each_view_is_the_segmenters_flip_and_its_own_inverse():
@@ -74,32 +73,19 @@ def test_settings_it_cannot_run_with_are_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize('pipeline', ['numpy', 'torch'])
 def test_a_run_with_the_view_teacher_adds_its_loss_and_resumes_exactly(tmp_path, pipeline):
-    import torch
-
     common = {'stage': 'sam', 'train_prompt': 'inference', 'prompt_mode': 'box',
               'positive_fraction': 0.5, 'pipeline': pipeline}
     start = micro_config(tmp_path / 'start', steps=3, **common)
     train(start, progress=False)
     init = str(Path(start.out_dir) / 'last.pt')
-    first = {}
-    for weight in (0.0, 1.0):
-        config = micro_config(tmp_path / str(weight), steps=1, init_from=init,
-                              view_teacher_weight=weight, **common)
-        train(config, progress=False)
-        first[weight] = read_checkpoint(Path(config.out_dir) / 'last.pt')['history'][0]
+    first = first_step_records(tmp_path, lambda folder, weight: micro_config(
+        folder, steps=1, init_from=init, view_teacher_weight=weight, **common))
     # Same start, same batch: the term is the cross-entropy of soft targets (> 0), and the
     # logged loss gained exactly that; a run without it logs no term.
     assert 'view_teacher' not in first[0.0]
     assert first[1.0]['view_teacher'] > 1e-3
     assert first[1.0]['loss'] - first[0.0]['loss'] == pytest.approx(
         first[1.0]['view_teacher'], abs=1e-5)
-    straight = micro_config(tmp_path / 'a', steps=6, init_from=init, view_teacher_weight=1.0,
-                            **common)
-    train(straight, progress=False)
-    interrupted = micro_config(tmp_path / 'b', steps=6, init_from=init, view_teacher_weight=1.0,
-                               **common)
-    train(interrupted, progress=False, stop_at_step=3)
-    train(interrupted, progress=False)  # the frozen model comes from init_from again
-    a, b = final_state(straight.out_dir), final_state(interrupted.out_dir)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # The frozen model comes from init_from again when the run resumes.
+    assert_resumes_exactly(tmp_path, lambda folder: micro_config(
+        folder, steps=6, init_from=init, view_teacher_weight=1.0, **common))
