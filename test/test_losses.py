@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip('torch')
 
-from sat_seg_training.losses import bce_dice_loss, peak_loss  # noqa: E402
+from sat_seg_training.losses import bce_dice_loss, peak_loss, rank_loss  # noqa: E402
 from sat_seg_training.train import TrainConfig  # noqa: E402
 
 
@@ -117,3 +117,44 @@ def test_peak_loss_with_precomputed_surroundings_is_the_same():
                        peak_loss(logits, targets, pixels=16, margin=4))
     assert torch.equal(bce_dice_loss(logits, targets, peak_weight=0.5, peak_margin=4, near=near),
                        bce_dice_loss(logits, targets, peak_weight=0.5, peak_margin=4))
+
+
+def test_the_rank_loss_compares_the_satellite_with_every_tiles_background_peak():
+    logits, targets = _scene()  # satellite logit 4, background -6 everywhere: well apart
+    low = float(rank_loss(logits, targets, margin=2.0))
+    assert low == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(2.0 - 10.0))),
+                                rel=1e-5)
+    # A blob in the other, empty tile at the satellite's level: that pair costs softplus(2).
+    rival = logits.clone()
+    rival[1, 40:44, 40:44] = 4.0
+    pairs = torch.nn.functional.softplus(torch.tensor([2.0 - 10.0, 2.0 - 0.0]))
+    assert float(rank_loss(rival, targets, margin=2.0)) == pytest.approx(float(pairs.mean()),
+                                                                         rel=1e-5)
+    # Gradient: the satellite's best pixels go up, the rival's peak down, the rest of the
+    # empty tile not at all (the maxima share it where they tie).
+    rival.requires_grad_(True)
+    rank_loss(rival, targets, margin=2.0).backward()
+    grad = rival.grad
+    assert float(grad[0, 20:30, 20:32].sum()) < 0 and float(grad[1, 40:44, 40:44].min()) > 0
+    outside = grad[1].clone()
+    outside[40:44, 40:44] = 0
+    assert float(outside.abs().max()) == 0.0
+    # The satellite's own soft edge (within 8 px) is no rival.
+    edge = logits.clone()
+    edge[0, 31, 20:32] = 9.0
+    assert float(rank_loss(edge, targets)) == pytest.approx(low, rel=1e-5)
+
+
+def test_the_rank_loss_without_a_satellite_is_a_zero_with_a_graph():
+    logits = torch.randn(3, 16, 16, requires_grad=True)
+    loss = rank_loss(logits, torch.zeros(3, 16, 16))
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
+    loss.backward()
+    assert float(logits.grad.abs().max()) == 0.0
+
+
+def test_bad_rank_settings_are_named():
+    with pytest.raises(ValueError, match='rank_weight=-1.0'):
+        TrainConfig(name='x', out_dir='y', steps=1, rank_weight=-1.0)
+    with pytest.raises(ValueError, match='rank_margin=-0.5'):
+        TrainConfig(name='x', out_dir='y', steps=1, rank_margin=-0.5)

@@ -73,13 +73,18 @@ def test_few_steps_lower_the_loss(tmp_path):
 
 def test_peak_weight_reaches_the_training_loss(tmp_path):
     """Same seed, same first batch: the logged loss grows by the (positive) peak term."""
-    first = {}
-    for weight in (0.0, 2.0):
-        config = micro_config(tmp_path / str(weight), steps=1, peak_weight=weight,
-                              peak_pixels=32)
-        train(config, progress=False)
-        first[weight] = read_checkpoint(Path(config.out_dir) / 'last.pt')['history'][0]['loss']
-    assert first[2.0] > first[0.0] + 0.05
+    first = first_step_records(tmp_path, lambda folder, weight: micro_config(
+        folder, steps=1, peak_weight=2.0 * weight, peak_pixels=32))
+    assert first[1.0]['loss'] > first[0.0]['loss'] + 0.05
+
+
+def test_rank_weight_reaches_the_training_loss_and_resumes_exactly(tmp_path):
+    """Same seed, same first batch: the logged loss grows by the (positive) rank term."""
+    first = first_step_records(tmp_path, lambda folder, weight: micro_config(
+        folder, steps=1, rank_weight=weight, rank_margin=4.0, positive_fraction=0.5))
+    assert first[1.0]['loss'] > first[0.0]['loss'] + 0.05
+    assert_resumes_exactly(tmp_path, lambda folder: micro_config(
+        folder, steps=6, rank_weight=1.0, positive_fraction=0.5))
 
 
 def test_frozen_parameters_stay_bit_identical(tmp_path):

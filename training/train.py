@@ -36,7 +36,8 @@ from sat_seg_ros.segmenter import Segmenter
 from sat_seg_ros.tiling import resize, TileGrid
 from sat_seg_training.batches import (augment_torch, jittered_boxes, miss_scores, pool_groups,
                                       preprocess_torch, sample_batch, sample_ids_vectorized)
-from sat_seg_training.losses import LOSSES, satellite_surroundings, segmentation_loss
+from sat_seg_training.losses import (LOSSES, rank_loss, satellite_surroundings,
+                                     segmentation_loss)
 from sat_seg_training.models import ARCHITECTURES, CNN_ARCHITECTURES
 
 LOG = logging.getLogger(__name__)
@@ -150,6 +151,10 @@ class TrainConfig:
     # background pixels pushed to 0, its best satellite pixel to 1); 0 = off
     peak_weight: float = 0.0
     peak_pixels: int = 256
+    # > 0: add this weight x losses.rank_loss, each satellite's best logit over every tile's
+    # top background logit in the chunk by rank_margin (logits), through a softplus; 0 = off
+    rank_weight: float = 0.0
+    rank_margin: float = 2.0
     optimizer: str = 'adamw'
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -248,6 +253,9 @@ class TrainConfig:
         if self.peak_weight < 0 or self.peak_pixels < 1:
             raise ValueError('peak_weight=%r must be >= 0 and peak_pixels=%r >= 1'
                              % (self.peak_weight, self.peak_pixels))
+        if self.rank_weight < 0 or self.rank_margin < 0:
+            raise ValueError('rank_weight=%r and rank_margin=%r must be >= 0'
+                             % (self.rank_weight, self.rank_margin))
         if self.peak_weight > 0 and self.loss != 'bce_dice':
             raise ValueError("peak_weight=%r needs loss 'bce_dice' (not %r)"
                              % (self.peak_weight, self.loss))
@@ -1356,12 +1364,16 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             # What the peak loss excludes around satellites, once for both losses (validate()
             # allows peak_weight > 0 with loss 'bce_dice' only).
             near = (satellite_surroundings(target[rows])
-                    if config.peak_weight > 0 or track_misses else None)
+                    if config.peak_weight > 0 or config.rank_weight > 0 or track_misses
+                    else None)
             if low_res is not None:
                 logits = to_target(low_res)
                 value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
                                           config.dice_weight, config.peak_weight,
                                           config.peak_pixels, near)
+                if config.rank_weight > 0:
+                    value = value + config.rank_weight * rank_loss(
+                        logits, target[rows], config.rank_margin, near)
             if dense is not None:
                 dense_logits = to_target(dense)
                 dense_loss = segmentation_loss(config.loss, dense_logits, target[rows],
