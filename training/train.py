@@ -1161,16 +1161,18 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         head = dense_head(model)
         if head_state is not None:
             head.load_state_dict(head_state)
+    # The frozen teachers are copies of the start: a fresh start's model is the start itself;
+    # a resumed one has moved on, so the start is read again (once, for both).
+    start = None
+    if config.gray_teacher_weight > 0 or config.view_teacher_weight > 0:
+        start = model if checkpoint is None else load_initial_model(config)[0]
     teacher = None  # gray_teacher_weight > 0: the starting model's encoder, frozen
     if config.gray_teacher_weight > 0:
-        # A fresh start's model is the start itself (read once); a resumed one has moved on.
-        start = model if checkpoint is None else load_initial_model(config)[0]
         teacher = copy.deepcopy(start.vision_encoder).eval()
         teacher.requires_grad_(False)
         teacher.to(accelerator.device)
     view_teacher = None  # view_teacher_weight > 0: the starting model's predictor, frozen
     if config.view_teacher_weight > 0:
-        start = model if checkpoint is None else load_initial_model(config)[0]
         view_teacher = SamTilePredictor(copy.deepcopy(start), config.prompt_mode,
                                         config.grid_points).eval()
         view_teacher.requires_grad_(False)
@@ -1301,7 +1303,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     track_misses = config.hard_positive_fraction > 0  # positives' miss scores into hardness
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
                desc=config.name, dynamic_ncols=True)
-    running, running_terms, running_views = [], [], []
+    # Per teacher term in use, its value at each step since the last log line (unweighted).
+    term_names = [name for name, on in (('gray_teacher', teacher is not None),
+                                        ('view_teacher', view_teacher is not None)) if on]
+    running, running_terms = [], {name: [] for name in term_names}
     stop_reason = 'done'
     loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
     rate_mark = None  # plan_minutes: (step, time) where the rate measurement starts
@@ -1387,12 +1392,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                 term = gray_teacher_loss(teacher, embeddings, colour_pixels[rows], grayed[rows],
                                          precision)
                 value = value + config.gray_teacher_weight * term
-                step_terms.append(float(term.detach()) * backward_scale)  # a list: thread-safe
+                step_terms['gray_teacher'].append(float(term.detach()) * backward_scale)
             if view_teacher is not None:
                 term = view_teacher_loss(view_teacher, low_res, pixels[rows], views[rows],
                                          precision)
                 value = value + config.view_teacher_weight * term
-                view_terms.append(float(term.detach()) * backward_scale)
+                step_terms['view_teacher'].append(float(term.detach()) * backward_scale)
             flat = logits.detach().flatten(1)
             peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
             if track_misses:
@@ -1401,8 +1406,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             return value.detach()
 
         optimizer.zero_grad(set_to_none=True)
-        step_terms = []  # the colour-to-gray term of each chunk, scaled by its share
-        view_terms = []  # the same for the mirror-view term
+        # Each teacher term of each chunk, scaled by its share (lists: thread-safe appends).
+        step_terms = {name: [] for name in term_names}
         loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(params, config.grad_clip)
@@ -1416,10 +1421,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             hardness[chosen[~negative_rows]] = misses[~negative_rows]
         step += 1
         running.append(float(loss.detach()))
-        if teacher is not None:
-            running_terms.append(sum(step_terms))
-        if view_teacher is not None:
-            running_views.append(sum(view_terms))
+        for name in term_names:
+            running_terms[name].append(sum(step_terms[name]))
         bar.update(1)
         stopping = step == stop_at_step or bool(
             config.max_minutes and time.time() - started > 60 * config.max_minutes)
@@ -1449,17 +1452,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                       'lr': optimizer.param_groups[0]['lr'],
                       'elapsed_s': round(time.time() - started, 1)}
             # The teachers' terms unweighted, and also inside 'loss' (times their weights).
-            if running_terms:
-                record['gray_teacher'] = float(np.mean(running_terms))
-            if running_views:
-                record['view_teacher'] = float(np.mean(running_views))
-            running, running_terms, running_views = [], [], []
+            record.update((name, float(np.mean(running_terms[name]))) for name in term_names)
+            running, running_terms = [], {name: [] for name in term_names}
             history.append(record)
             bar.set_postfix(loss='%.4f' % record['loss'])
             LOG.info('step %d loss %.4f lr %.2e %.0fs%s', step, record['loss'], record['lr'],
-                     record['elapsed_s'], ''.join(
-                         ' %s %.4f' % (name, record[name])
-                         for name in ('gray_teacher', 'view_teacher') if name in record))
+                     record['elapsed_s'], ''.join(' %s %.4f' % (name, record[name])
+                                                  for name in term_names))
         if step % config.val_every == 0 or step == steps:
             net.eval()
             judged = ema if ema is not None else accelerator.unwrap_model(model)
