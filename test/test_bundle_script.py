@@ -46,7 +46,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, env):
     assert [p.name for p in (tmp_path / 'out').iterdir()] == ['keep.txt']
 
 
-def test_a_checkpoint_becomes_a_folder_calibrated_at_each_size_fused_and_accurate(tmp_path, env):
+def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, env):
     from sat_seg_ros.segmenter import Segmenter
     from sat_seg_training.train import TrainConfig, train
 
@@ -79,7 +79,13 @@ def test_a_checkpoint_becomes_a_folder_calibrated_at_each_size_fused_and_accurat
     segmenter = Segmenter.from_model(out, mode='accurate')
     assert (segmenter.config.flips, segmenter.config.tile_overlap) == (4, 64)
     assert segmenter.config.threshold == accurate['threshold']
-    assert 'gray' not in info['modes']
+    multiscale = info['modes']['multiscale']
+    assert (multiscale['fuse_sizes'], multiscale['flips'], multiscale['tile_overlap']) == (
+        [768, 1024], 1, 0)
+    segmenter = Segmenter.from_model(out, mode='multiscale')
+    assert segmenter.config.fuse_sizes == (768, 1024)
+    assert segmenter.config.threshold == multiscale['threshold']
+    assert set(info['modes']) == {'accurate', 'multiscale'}
     # With the gray twins of the validation scenes: the mode 'gray' as well.
     gray = subprocess.run([env['SAT_SEG'], 'synth', '--out', str(tmp_path / 'gray'), '--n', '3',
                            '--seed', '6', '--contact', '0', '--workers', '1'],
@@ -89,6 +95,6 @@ def test_a_checkpoint_becomes_a_folder_calibrated_at_each_size_fused_and_accurat
                       tmp_path / 'gray'], env)
     assert with_gray.returncode == 0, with_gray.stderr[-3000:]
     modes = json.loads((tmp_path / 'with_gray' / 'sat_seg.json').read_text())['modes']
-    assert set(modes) == {'accurate', 'gray'}
+    assert set(modes) == {'accurate', 'multiscale', 'gray'}
     assert modes['gray']['calibration']['dataset'] == str(tmp_path / 'gray')
     assert (modes['gray']['flips'], modes['gray']['tile_overlap']) == (1, 0)

@@ -282,6 +282,24 @@ def test_a_named_mode_is_calibrated_beside_the_default_and_chosen_by_name(tiny_m
         Segmenter.from_model(model, mode='accurate', model_size=512)
     with pytest.raises(ValueError, match='at the model size 256, not 512'):
         calibrate(model, val, model_size=512, mode='other')
+    # A mode may fuse further model sizes (bundle_model.sh's 'multiscale'): the fusion is
+    # recorded with the mode's thresholds and runs only when the mode is asked for.
+    fused = calibrate(model, val, thresholds=[0.3, 0.5], seed_thresholds=[None],
+                      mode='multiscale', fuse_sizes=(512,))
+    assert fused['written'] == 'modes[multiscale]' and fused['fuse_sizes'] == [512]
+    info = json.loads((model / 'sat_seg.json').read_text())
+    assert info['modes']['multiscale']['fuse_sizes'] == [512]
+    assert info['modes']['accurate']['fuse_sizes'] == [] and 'by_model_size' not in info
+    multiscale, default = (Segmenter.from_model(model, mode='multiscale'),
+                           Segmenter.from_model(model))
+    try:
+        assert multiscale.config.fuse_sizes == (512,) and default.config.fuse_sizes == ()
+        assert multiscale.config.threshold == fused['best_threshold']
+        assert Segmenter.from_model(model, mode='multiscale',
+                                    fuse_sizes=()).config.fuse_sizes == ()
+    finally:
+        multiscale.close()
+        default.close()
     for bad, message in (([1], 'modes must map mode names'),
                          ({'Fast!': {}}, 'lower-case letters'),
                          ({'fast': {'model_size': 1024}}, r"modes\['fast'\] must be an object")):
