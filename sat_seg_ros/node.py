@@ -102,13 +102,15 @@ class SatSegNode(Node):
         self._worker = threading.Thread(target=self._work, name='sat_seg_worker', daemon=True)
         self._worker.start()
         config = self.segmenter.config
+        fused = ''.join(' + %d' % size for size in config.fuse_sizes)
+        seed = ('none' if config.seed_threshold is None else '%.3f' % config.seed_threshold)
         self.get_logger().info(
-            'ready: model %s%s, backend %s on %s, model_size %d, tile_overlap %d, flips %d, '
-            'input_color %s, threshold %.3f, min_area_px %d; subscribed to %s (%s, '
-            'qos.reliability=%s)'
+            'ready: model %s%s, backend %s on %s, model_size %d%s, tile_overlap %d, flips %d, '
+            'input_color %s, threshold %.3f, seed_threshold %s, min_area_px %d; subscribed to '
+            '%s (%s, qos.reliability=%s)'
             % (self.model_dir, ' (mode %s)' % self.values['mode'] if self.values['mode'] else '',
-               self.values['backend'], self.values['device'], config.model_size,
-               config.tile_overlap, config.flips, config.input_color, config.threshold,
+               self.values['backend'], self.values['device'], config.model_size, fused,
+               config.tile_overlap, config.flips, config.input_color, config.threshold, seed,
                config.min_area_px, self._subscription.topic_name, self._reliability,
                self._mode))
 

@@ -361,6 +361,26 @@ def test_sigterm_shuts_down_cleanly(client, node_process):
     assert node_process.wait(timeout=20) == 0, node_process.log_path.read_text()
 
 
+def test_the_ready_line_states_the_fusion_and_thresholds_in_use(tiny_model_dir):
+    """What the node will run, fused model sizes and seed threshold included, in one line."""
+    process = subprocess.Popen(
+        node_command('-p', 'model_path:=%s' % tiny_model_dir, '-p', 'model_size:=256',
+                     '-p', "fuse_sizes:='512'", '-p', 'seed_threshold:=0.9'),
+        env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if 'ready:' in line or 'Traceback' in line:
+                break
+        ready = [line for line in lines if 'ready:' in line]
+        assert ready, ''.join(lines)
+        assert 'model_size 256 + 512,' in ready[0] and 'seed_threshold 0.900' in ready[0]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_bad_parameters_stop_start_up_with_their_name():
     bad = subprocess.run(node_command('-p', 'qos.reliability:=sometimes'), env=node_env(),
                          capture_output=True, text=True, timeout=60)
