@@ -217,11 +217,15 @@ def sample_batch(pool: TilePool, config: TrainConfig, rng: np.random.Generator,
 
     ``s`` is the tile size, or ``crop_size`` for stage 'dense' (see :func:`crop_batch`).
     ``keep_colour`` (colour tiles, augmented): also the tiles before graying and which became
-    gray, as :func:`augment` returns them.
+    gray, as :func:`augment` returns them. A pool with a teacher channel (scene_teacher_weight)
+    gives masks (B, s, s, 2): the mask and the teacher's probability, turned and mirrored
+    together.
     """
     chosen = sample_ids(pool, config, rng, hardness)
     tiles = pool.tiles[chosen]
     masks = pool.masks[chosen]
+    if pool.teacher is not None:
+        masks = np.stack([masks, pool.teacher[chosen]], -1)
     if config.stage == 'dense':
         tiles, masks = crop_batch(tiles, masks, config.crop_size, rng)
     tiles = tiles.astype(np.float32)

@@ -212,6 +212,18 @@ class TrainConfig:
     # the mean of the four (the cross-entropy's gradient is linear in its target) at a third of
     # a step's cost, not four thirds. 0 = off.
     view_teacher_weight: float = 0.0
+    # > 0 (stage 'sam'): distil a model's maps of whole scenes, e.g. the bundled model in its
+    # mode 'multiscale' (512 fused with 768 and 1024), which ranks more satellites first than
+    # any one size. When the pool is made, scene_teacher (a model folder; '' = the bundled
+    # one) in scene_teacher_mode (a named mode of its sat_seg.json; '' = its default) maps
+    # every scene, as the Segmenter does at run time, and the map is cut into the scene's
+    # tiles beside the mask; the trained model's mask logits are pulled toward it: this weight
+    # x their binary cross-entropy. scene_teacher_luma: the teacher sees each scene's Rec. 601
+    # luminance (the gray tiles most stages train on); false: the scene as made. 0 = off.
+    scene_teacher_weight: float = 0.0
+    scene_teacher: str = ''
+    scene_teacher_mode: str = ''
+    scene_teacher_luma: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -304,6 +316,12 @@ class TrainConfig:
                              'stage=%r, train_prompt=%r, init_from=%r'
                              % (self.view_teacher_weight, self.stage, self.train_prompt,
                                 self.init_from))
+        if self.scene_teacher_weight < 0:
+            raise ValueError('scene_teacher_weight=%r must be >= 0 (0 = off)'
+                             % (self.scene_teacher_weight,))
+        if self.scene_teacher_weight > 0 and self.stage != 'sam':
+            raise ValueError("scene_teacher_weight=%r trains stage 'sam' (the teacher maps "
+                             'whole tiles), not %r' % (self.scene_teacher_weight, self.stage))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError('ema_decay=%r must be in [0, 1) (0 = off)' % (self.ema_decay,))
         if self.plan_minutes < 0:
@@ -494,6 +512,9 @@ class TilePool:
     size_index: np.ndarray  # (N,) index into model_sizes
     positive: np.ndarray  # (N,) bool
     object_px: np.ndarray  # (N,) float32: its scene's satellite pixels at its model size
+    # scene_teacher_weight > 0: (N, t, t) uint8, the teacher's probability x 255 (its map of
+    # the whole scene, cut like the mask); else None
+    teacher: Optional[np.ndarray] = None
 
 
 #: glibc mmap thresholds: small while the tile pool is built, large while training.
@@ -574,18 +595,49 @@ def build_pool(scenes: Iterable[Scene], config: TrainConfig, seed: int) -> TileP
     rng = np.random.default_rng(seed)
     # Its own stream, so that jitter off leaves the pool exactly as before it existed.
     jitter_rng = np.random.default_rng([seed, 1])
-    parts = [cut_scene(scene, config, rng, jitter_rng) for scene in scenes]
+    teacher = load_scene_teacher(config)
+    parts = [cut_scene(scene, config, rng, jitter_rng, scene_teacher_map(teacher, scene, config))
+             for scene in scenes]
     return _join_parts(parts, 'no training scenes: the data folder holds no images')
 
 
+def load_scene_teacher(config: TrainConfig, threads: int = 0) -> Optional[Segmenter]:
+    """Return the Segmenter that maps the pool's scenes (scene_teacher_weight > 0), else None.
+
+    ``threads`` > 0 sets torch's threads first (a pool worker process: one each).
+    """
+    if config.scene_teacher_weight <= 0:
+        return None
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return Segmenter.from_model(config.scene_teacher or None,
+                                mode=config.scene_teacher_mode or None)
+
+
+def scene_teacher_map(teacher: Optional[Segmenter], scene: Scene,
+                      config: TrainConfig) -> Optional[np.ndarray]:
+    """Return ``teacher``'s HxW float32 probability of ``scene`` (None without a teacher)."""
+    if teacher is None:
+        return None
+    image = scene.image
+    if config.scene_teacher_luma and image.ndim == 3:
+        image = _gray_uint8(image)
+    return teacher.probability(image)
+
+
 def cut_scene(scene: Scene, config: TrainConfig, rng: np.random.Generator,
-              jitter_rng: np.random.Generator) -> tuple:
+              jitter_rng: np.random.Generator, teacher_map: Optional[np.ndarray] = None
+              ) -> tuple:
     """Cut one scene at each model size; return its (tiles, masks, sizes, positive, object_px).
 
     ``rng`` picks the empty tiles kept, ``jitter_rng`` the jittered sizes (see build_pool).
+    ``teacher_map`` (HxW probabilities of the scene): cut like the mask into a sixth part,
+    (N, t, t) uint8 probability x 255.
     """
     log_jitter = math.log(config.size_jitter)
-    tiles, masks, sizes, positive, object_px = [], [], [], [], []
+    tiles, masks, sizes, positive, object_px, taught = [], [], [], [], [], []
     t = config.tile_size
     for size_index, nominal in enumerate(config.model_sizes):
         size = nominal
@@ -607,8 +659,12 @@ def cut_scene(scene: Scene, config: TrainConfig, rng: np.random.Generator,
         sizes.append(np.full(len(keep), size_index))
         positive.append(is_pos[keep])
         object_px.append(np.full(len(keep), float(mask.sum()), np.float32))
-    return (np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
-            np.concatenate(positive), np.concatenate(object_px))
+        if teacher_map is not None:
+            soft = grid.cut(resize(teacher_map.astype(np.float32), size, size))
+            taught.append(np.clip(soft[keep] * 255 + 0.5, 0, 255).astype(np.uint8))
+    parts = (np.concatenate(tiles), np.concatenate(masks), np.concatenate(sizes),
+             np.concatenate(positive), np.concatenate(object_px))
+    return parts + (np.concatenate(taught),) if taught else parts
 
 
 def _join_parts(parts: List[tuple], empty_message: str) -> TilePool:
@@ -616,19 +672,21 @@ def _join_parts(parts: List[tuple], empty_message: str) -> TilePool:
         raise ValueError(empty_message)
     columns = [list(column) for column in zip(*parts)]
     parts.clear()  # the tiles are held once, in columns, while they are joined
+    teacher = _concatenate_consuming(columns[5]) if len(columns) > 5 else None
     return TilePool(_concatenate_consuming(columns[0]), _concatenate_consuming(columns[1]),
                     np.concatenate(columns[2]), np.concatenate(columns[3]),
-                    np.concatenate(columns[4]))
+                    np.concatenate(columns[4]), teacher)
 
 
 _POOL_WORKER: Dict[str, Any] = {}
 
 
-def _init_pool_worker(paths, config: Dict[str, Any]) -> None:
+def _init_pool_worker(paths, config: Dict[str, Any], threads: int = 0) -> None:
     from sat_seg_training import synth
 
     synth._init_worker(paths)
     _POOL_WORKER['config'] = TrainConfig(**config)
+    _POOL_WORKER['teacher'] = load_scene_teacher(_POOL_WORKER['config'], threads)
 
 
 def _synth_part(job) -> tuple:
@@ -638,7 +696,8 @@ def _synth_part(job) -> tuple:
     # Streams of the scene's own (not one running through the set as build_pool's), so the
     # pool does not depend on how the scenes are shared between processes.
     return cut_scene(scene, config, np.random.default_rng([seed, index, 5]),
-                     np.random.default_rng([seed, index, 6]))
+                     np.random.default_rng([seed, index, 6]),
+                     scene_teacher_map(_POOL_WORKER['teacher'], scene, config))
 
 
 def build_synth_pool(config: TrainConfig, progress: bool = False,
@@ -661,7 +720,7 @@ def build_synth_pool(config: TrainConfig, progress: bool = False,
         import multiprocessing
 
         with multiprocessing.get_context('spawn').Pool(
-                workers, _init_pool_worker, (paths, settings)) as pool:
+                workers, _init_pool_worker, (paths, settings, 1)) as pool:
             parts = []
             for part in pool.imap(_synth_part, jobs, chunksize=4):
                 parts.append(part)
@@ -691,6 +750,8 @@ def pool_digest(pool: TilePool) -> str:
     digest = hashlib.sha256()
     for array in (pool.tiles, pool.masks, pool.size_index, pool.positive):
         digest.update(np.ascontiguousarray(array).data)
+    if pool.teacher is not None:  # pools without a teacher keep their digests
+        digest.update(np.ascontiguousarray(pool.teacher).data)
     return digest.hexdigest()[:16]
 
 
@@ -1263,12 +1324,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
 
     def on_device(pool):
         if config.pipeline != 'torch':
-            return None, None, None
+            return None, None, None, None
         # The whole pool on the training device (uint8), drawn from and augmented there.
+        taught = None if pool.teacher is None else torch.from_numpy(pool.teacher).to(device)
         return (pool_groups(pool, len(config.model_sizes)),
-                torch.from_numpy(pool.tiles).to(device), torch.from_numpy(pool.masks).to(device))
+                torch.from_numpy(pool.tiles).to(device), torch.from_numpy(pool.masks).to(device),
+                taught)
 
-    groups, pool_tiles, pool_masks = on_device(pool)
+    groups, pool_tiles, pool_masks, pool_teacher = on_device(pool)
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
     worker_threads = max(1, config.threads // workers)
@@ -1305,7 +1368,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                desc=config.name, dynamic_ncols=True)
     # Per teacher term in use, its value at each step since the last log line (unweighted).
     term_names = [name for name, on in (('gray_teacher', teacher is not None),
-                                        ('view_teacher', view_teacher is not None)) if on]
+                                        ('view_teacher', view_teacher is not None),
+                                        ('scene_teacher', config.scene_teacher_weight > 0))
+                  if on]
     running, running_terms = [], {name: [] for name in term_names}
     stop_reason = 'done'
     loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
@@ -1316,6 +1381,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             chosen = sample_ids_vectorized(pool, config, rng, hardness, groups)
             index = torch.from_numpy(chosen).to(device)
             target = pool_masks[index].float() / 255.0
+            if pool_teacher is not None:  # augmented with the mask: (B, t, t, 2)
+                target = torch.stack([target, pool_teacher[index].float() / 255.0], -1)
             tiles = pool_tiles[index].float()
             if config.augment:
                 generator = torch.Generator(device=device)
@@ -1326,6 +1393,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             pixels = preprocess_torch(tiles, pixel_size)
             if teacher is not None:
                 colour_pixels, grayed = preprocess_torch(kept[0], pixel_size), kept[1]
+            if pool_teacher is not None:
+                target, taught = target[..., 0], target[..., 1]
             masks = None if fixed else target.cpu().numpy()
         else:
             tiles, masks, chosen, *kept = sample_batch(pool, config, rng, hardness,
@@ -1335,6 +1404,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             if teacher is not None:
                 colour_pixels = _model_input(preprocess_tiles(kept[0], pixel_size), device)
                 grayed = torch.from_numpy(kept[1]).to(device)
+            if pool.teacher is not None:  # sample_batch augmented them with the mask
+                masks, taught = masks[..., 0], torch.from_numpy(
+                    np.ascontiguousarray(masks[..., 1])).to(device)
             target = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
         for group in optimizer.param_groups:
             group['lr'] = learning_rate(config, step, steps)
@@ -1398,6 +1470,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                                          precision)
                 value = value + config.view_teacher_weight * term
                 step_terms['view_teacher'].append(float(term.detach()) * backward_scale)
+            if config.scene_teacher_weight > 0:
+                term = torch.nn.functional.binary_cross_entropy_with_logits(logits,
+                                                                            taught[rows])
+                value = value + config.scene_teacher_weight * term
+                step_terms['scene_teacher'].append(float(term.detach()) * backward_scale)
             flat = logits.detach().flatten(1)
             peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
             if track_misses:
@@ -1431,10 +1508,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if renew_due and not stopping:  # a stopping run leaves the renewal to its resume
             renew_due = False
             # Free the old pool first: two would not fit where one nearly fills the memory.
-            pool = groups = pool_tiles = pool_masks = None
+            pool = groups = pool_tiles = pool_masks = pool_teacher = None
             pool_round += 1
             pool, data_digest = cut_pool(pool_round)
-            groups, pool_tiles, pool_masks = on_device(pool)
+            groups, pool_tiles, pool_masks, pool_teacher = on_device(pool)
             hardness = np.ones(len(pool.tiles), np.float32)
             LOG.info('step %d: pool renewed (round %d): %d tiles (%d positive)', step,
                      pool_round, len(pool.tiles), int(pool.positive.sum()))
