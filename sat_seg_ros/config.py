@@ -34,6 +34,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'max_detections': 0,
     'flips': 1,
     'fuse_sizes': (),
+    'fuse_gate': 0.0,
 }
 
 #: Test-time flips: each tile also runs mirrored, and the probabilities are averaged.
@@ -43,7 +44,7 @@ FLIPS = (1, 2, 4)
 #: and a ``modes`` entry for its named mode (``calibration`` is its record, like the top-level
 #: one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
-             'tile_overlap', 'fuse_sizes', 'input_color', 'calibration')
+             'tile_overlap', 'fuse_sizes', 'fuse_gate', 'input_color', 'calibration')
 
 
 @dataclasses.dataclass
@@ -61,6 +62,10 @@ class SegmenterConfig:
     ``fuse_sizes`` (multi-scale averaging): the frame also runs at each of these model sizes,
     and the probability maps, at the frame's resolution, are averaged with ``model_size``'s
     (each size adds its tiles' model time: 512 with 1024 runs 4 + 16 tiles).
+    ``fuse_gate`` (0 = off, else a probability below 1) runs a fused size's tile only where
+    ``model_size``'s map, over the part of the frame the tile covers, peaks above it; the
+    tiles left out take ``model_size``'s map as that size's (the fusion there is the model
+    size's map). The frame's model size always runs in full.
     """
 
     model_size: int = 512
@@ -76,6 +81,7 @@ class SegmenterConfig:
     input_color: Optional[str] = None
     flips: int = 1
     fuse_sizes: Tuple[int, ...] = ()
+    fuse_gate: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +112,7 @@ class SegmenterConfig:
             raise ValueError('flips=%r is not one of %s (views averaged per tile)'
                              % (self.flips, FLIPS))
         self.fuse_sizes = check_fuse_sizes(self.fuse_sizes, self.model_size, self.tile_size)
+        self.fuse_gate = check_fuse_gate(self.fuse_gate)
 
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
@@ -138,6 +145,15 @@ def check_fuse_sizes(value: Any, model_size: int, tile_size: int) -> Tuple[int, 
         raise ValueError('fuse_sizes=%r must name each further size once and not model_size %d'
                          % (list(value), model_size))
     return tuple(value)
+
+
+def check_fuse_gate(value: Any) -> float:
+    """Return ``value`` as float if it is 0 (no gate) or a probability below 1, else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError('fuse_gate=%r must be 0 (every fused tile runs) or a probability '
+                         'below 1 (a fused tile runs where the map at the model size peaks '
+                         'above it)' % (value,))
+    return float(value)
 
 
 def parse_size_list(text: str) -> Tuple[int, ...]:

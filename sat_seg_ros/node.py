@@ -103,6 +103,8 @@ class SatSegNode(Node):
         self._worker.start()
         config = self.segmenter.config
         fused = ''.join(' + %d' % size for size in config.fuse_sizes)
+        if fused and config.fuse_gate:
+            fused += ' (fuse_gate %.2f)' % config.fuse_gate
         seed = ('none' if config.seed_threshold is None else '%.3f' % config.seed_threshold)
         self.get_logger().info(
             'ready: model %s%s, backend %s on %s, model_size %d%s, tile_overlap %d, flips %d, '
@@ -203,6 +205,7 @@ class SatSegNode(Node):
             'min_area_px': config.min_area_px, 'max_detections': config.max_detections,
             'flips': config.flips,
             'fuse_sizes': ','.join(str(size) for size in config.fuse_sizes) or 'none',
+            'fuse_gate': config.fuse_gate,
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -86,6 +86,11 @@ def fuse_size_list(value: str) -> Optional[Tuple[int, ...]]:
                          "e.g. '1024'") from None
 
 
+def _fuse_gate(value: float) -> None:
+    if value != -1.0 and not 0.0 <= value < 1.0:
+        raise ValueError("must be -1 (the model's), 0 (every tile) or a probability below 1")
+
+
 def _alpha(value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError('must be within [0, 1]')
@@ -130,6 +135,11 @@ PARAMETERS: List[ParamSpec] = [
               "empty: the model's sat_seg.json value (none when absent). A fusion with its "
               "own by_model_size entry (e.g. '512+1024') takes its calibrated thresholds from "
               'it.', check=fuse_size_list),
+    ParamSpec('fuse_gate', -1.0,
+              "With fuse_sizes: a further size's tile runs only where model_size's probability "
+              'map peaks above this over the part of the frame the tile covers (fewer tiles; '
+              "the calibrated modes chose it on validation); 0: every tile; -1: the model's "
+              'sat_seg.json value (0 when absent).', float_range=(-1.0, 1.0), check=_fuse_gate),
     ParamSpec('threshold', 0.0,
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',
@@ -234,6 +244,7 @@ def segmenter_arguments(values: Dict[str, Any]) -> Dict[str, Any]:
         'max_detections': unless(values['max_detections'], -1),
         'flips': unless(values['flips'], 0),
         'fuse_sizes': fuse_size_list(values['fuse_sizes']),
+        'fuse_gate': unless(values['fuse_gate'], -1.0),
     }
 
 

@@ -10,13 +10,13 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from sat_seg_ros.backends import Backend, create_backend
-from sat_seg_ros.config import (check_threshold, info_for_size, load_model_info,
+from sat_seg_ros.config import (check_fuse_gate, check_threshold, info_for_size, load_model_info,
                                 resolve_model_dir, SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
 from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_luma
@@ -29,7 +29,9 @@ class Result:
     """Segmentation of one frame, at the frame's own height and width.
 
     ``probability`` is HxW float32 in [0, 1]; ``mask`` HxW bool (components below
-    ``min_area_px`` removed); ``timings`` seconds per stage.
+    ``min_area_px`` removed); ``timings`` seconds per stage; ``tiles`` how many tiles went
+    through the model (each counted once whatever its ``flips`` views; with ``fuse_gate``
+    it varies from frame to frame).
     """
 
     probability: np.ndarray
@@ -37,6 +39,7 @@ class Result:
     detections: List[Detection]
     detected: bool
     timings: Dict[str, float]
+    tiles: int = 0
 
 
 #: Per ``flips`` setting, the views of a tile: (mirror rows, mirror columns).
@@ -108,6 +111,10 @@ class Segmenter:
         self.config.seed_threshold = None if value is None else check_threshold(
             value, 'seed_threshold')
 
+    def set_fuse_gate(self, value: float) -> None:
+        """Change the fused tiles' gate (0: every tile runs; else a probability below 1)."""
+        self.config.fuse_gate = check_fuse_gate(value)
+
     def set_min_area(self, value: int) -> None:
         """Change the smallest component area, in pixels of the input frame (>= 0)."""
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -166,17 +173,57 @@ class Segmenter:
 
         With ``fuse_sizes`` the frame also runs at each further model size, and the maps, each
         resized back to the frame, are averaged; ``timings`` sums the stages over the sizes.
+        With ``fuse_gate`` a further size runs only the tiles over which the model size's map
+        peaks above the gate (:meth:`gated_tiles`).
         """
+        return self.probability_and_tiles(image, timings)[0]
+
+    def gated_tiles(self, grid: TileGrid, base: np.ndarray) -> Optional[np.ndarray]:
+        """Return which of a fused ``grid``'s tiles run, given the model size's map ``base``.
+
+        None when ``fuse_gate`` is 0 (all of them); else a bool per tile: whether ``base``
+        peaks above the gate over the part of the frame the tile covers.
+        """
+        gate = self.config.fuse_gate
+        if gate <= 0:
+            return None
+        height, width = base.shape
+        t = grid.tile_size
+        run = np.zeros(len(grid), bool)
+        for index, (y, x) in enumerate(grid.origins):
+            # The frame pixels the tile's pixels come from (outward: floor, ceiling).
+            rows = slice(y * height // grid.height, -(-min(y + t, grid.height) * height
+                                                      // grid.height))
+            columns = slice(x * width // grid.width, -(-min(x + t, grid.width) * width
+                                                       // grid.width))
+            run[index] = base[rows, columns].max() > gate
+        return run
+
+    def probability_and_tiles(self, image: np.ndarray,
+                              timings: Optional[Dict[str, float]] = None
+                              ) -> Tuple[np.ndarray, int]:
+        """Return the frame's probability map and how many tiles the model ran for it."""
         timings = {} if timings is None else timings
         for stage in ('preprocess', 'model', 'stitch'):
             timings[stage] = 0.0
         height, width = image.shape[:2]
         maps = []
+        count = 0
         for grid in [self.grid] + self.fuse_grids:
             start = time.perf_counter()
             tiles = self.model_tiles(image, grid)
+            run = self.gated_tiles(grid, maps[0]) if maps else None
             tiled = time.perf_counter()
-            probabilities = self.tile_probabilities(tiles)
+            if run is None:
+                probabilities = self.tile_probabilities(tiles)
+                count += len(tiles)
+            else:
+                # Tiles left out take the model size's map: the mean there is that map.
+                probabilities = grid.cut(resize(maps[0], grid.height, grid.width,
+                                                interpolation=cv2.INTER_LINEAR))
+                if run.any():
+                    probabilities[run] = self.tile_probabilities(tiles[run])
+                count += int(run.sum())
             inferred = time.perf_counter()
             maps.append(resize(grid.stitch(probabilities), height, width,
                                interpolation=cv2.INTER_LINEAR))
@@ -184,16 +231,16 @@ class Segmenter:
             timings['model'] += inferred - tiled
             timings['stitch'] += time.perf_counter() - inferred
         if len(maps) == 1:
-            return maps[0]
+            return maps[0], count
         start = time.perf_counter()
         probability = np.mean(maps, axis=0, dtype=np.float32)
         timings['stitch'] += time.perf_counter() - start
-        return probability
+        return probability, count
 
     def segment(self, image: np.ndarray) -> Result:
         """Segment one frame: HxW or HxWx{1,3,4}, uint8 / uint16 / bool / float in [0, 1]."""
         timings: Dict[str, float] = {}
-        probability = self.probability(image, timings)
+        probability, tiles = self.probability_and_tiles(image, timings)
         start = time.perf_counter()
         detections, mask = find_detections(probability, probability > self.config.threshold,
                                            self.config.min_area_px,
@@ -201,7 +248,7 @@ class Segmenter:
                                            self.config.seed_threshold)
         timings['postprocess'] = time.perf_counter() - start
         timings['total'] = sum(timings.values())
-        return Result(probability, mask, detections, bool(detections), timings)
+        return Result(probability, mask, detections, bool(detections), timings, tiles)
 
     def close(self) -> None:
         """Release the backend's resources."""

@@ -5,7 +5,8 @@
 # (by_model_size["1024"]), 2048 (by_model_size["2048"]), 512 + 1024 fused
 # (by_model_size["512+1024"]) and the named modes
 # 'accurate' (64 px tile overlap + four mirrored views at 512; modes["accurate"]) and
-# 'multiscale' (512 fused with 768 and 1024; modes["multiscale"]); with a
+# 'multiscale' (512 fused with 768 and 1024; modes["multiscale"]); the two fusions also
+# choose their fuse_gate (the largest of 0-0.9 that keeps the ungated accuracy); with a
 # GRAY_VALIDATION_SET (the gray twins of the validation scenes) also the mode 'gray' (the 512
 # settings chosen on gray frames, for mono cameras; modes["gray"]).
 # The folder is written to OUT; copy it over sat_seg_ros/models/default to ship it.
@@ -15,7 +16,7 @@
 #   SAT_SEG=sat-seg scripts/bundle_model.sh ...      # default: .venv/bin/sat-seg
 set -euo pipefail
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then
-    sed -n '2,15p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
 fi
 checkpoint=$1 out=$2 val=$3 gray=${4:-}
@@ -30,9 +31,11 @@ common=(--dataset "$val" --max-detections 1 --min-areas 16,64,160)
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 512
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 1024
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 2048
-"$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024
+gates=(--fuse-gates 0,0.6,0.7,0.8,0.9)
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024 "${gates[@]}"
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode accurate --tile-overlap 64 --flips 4
-"$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode multiscale --fuse-sizes 768,1024
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode multiscale --fuse-sizes 768,1024 \
+    "${gates[@]}"
 if [ -n "$gray" ]; then
     "$SAT_SEG" calibrate --model "$out" --dataset "$gray" --max-detections 1 --min-areas 16,64,160 \
         --mode gray

@@ -74,6 +74,9 @@ def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, en
                 segmenter.config.min_area_px) == (entry['threshold'], entry['seed_threshold'],
                                                   entry['min_area_px'])
     assert info['by_model_size']['512+1024']['fuse_sizes'] == [1024]
+    for entry in (info['by_model_size']['512+1024'], info['modes']['multiscale']):
+        swept = entry['calibration']
+        assert entry['fuse_gate'] == swept['fuse_gate'] in (0.0, 0.6, 0.7, 0.8, 0.9)
     accurate = info['modes']['accurate']
     assert (accurate['flips'], accurate['tile_overlap'], accurate['max_detections']) == (4, 64, 1)
     segmenter = Segmenter.from_model(out, mode='accurate')
@@ -84,6 +87,7 @@ def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, en
         [768, 1024], 1, 0)
     segmenter = Segmenter.from_model(out, mode='multiscale')
     assert segmenter.config.fuse_sizes == (768, 1024)
+    assert segmenter.config.fuse_gate == multiscale['fuse_gate']
     assert segmenter.config.threshold == multiscale['threshold']
     assert set(info['modes']) == {'accurate', 'multiscale'}
     # With the gray twins of the validation scenes: the mode 'gray' as well.

@@ -326,6 +326,68 @@ def test_a_bad_by_model_size_entry_is_named(tmp_path, sizes, message):
         load_model_info(tmp_path)
 
 
+def test_a_fuse_gate_sweep_writes_the_largest_gate_keeping_the_accuracy(tiny_model_dir,
+                                                                        tmp_path):
+    from sat_seg_ros.segmenter import Segmenter
+
+    model, val = model_and_val(tiny_model_dir, tmp_path,
+                               {'prompt_mode': 'box', 'threshold': 0.65, 'model_size': 256})
+    result = calibrate(model, val, thresholds=[0.3, 0.5], seed_thresholds=[None],
+                       mode='multiscale', fuse_sizes=(512,), fuse_gates=[0.9999, 0, 0.5])
+    sweep = result['fuse_gate_sweep']
+    assert [row['fuse_gate'] for row in sweep] == [0.0, 0.5, 0.9999]
+    assert sweep[0]['tiles_per_image'] == 5  # 256's one tile and 512's four
+    assert sweep[-1]['tiles_per_image'] < 5  # nothing in a random map peaks above 0.9999
+    tiles = [row['tiles_per_image'] for row in sweep]
+    assert tiles == sorted(tiles, reverse=True)
+    assert sweep[0]['changed'] == 0
+    kept = [row['fuse_gate'] for row in sweep
+            if row['accuracy'] >= sweep[0]['accuracy'] and row['changed'] <= 0.01 * 2]
+    assert result['fuse_gate'] == max(kept)
+    entry = json.loads((model / 'sat_seg.json').read_text())['modes']['multiscale']
+    assert entry['fuse_gate'] == result['fuse_gate'] == entry['calibration']['fuse_gate']
+    chosen = next(row for row in sweep if row['fuse_gate'] == result['fuse_gate'])
+    assert entry['threshold'] == chosen['threshold']
+    assert entry['min_area_px'] == chosen['min_area_px']
+    multiscale = Segmenter.from_model(model, mode='multiscale')
+    try:
+        assert multiscale.config.fuse_gate == result['fuse_gate']
+    finally:
+        multiscale.close()
+    with pytest.raises(ValueError, match='need fused sizes'):
+        calibrate(model, val, thresholds=[0.5], fuse_gates=[0.5])
+
+
+def test_the_gate_kept_loses_nothing_and_changes_few_outcomes():
+    from sat_seg_training.calibrate import choose_fuse_gate
+
+    base = [True] * 50 + [False] * 50
+    same = list(base)
+    one_more = [True] * 51 + [False] * 49                    # one image changed, +1 right
+    swapped = [False] + [True] * 50 + [False] * 49           # two changed, accuracy the same
+    worse = [True] * 49 + [False] * 51                       # one changed, -1 right
+    assert choose_fuse_gate([base, same, one_more, swapped], 0.01) == 2
+    assert choose_fuse_gate([base, same, one_more, swapped], 0.02) == 3
+    assert choose_fuse_gate([base, same, one_more, swapped], 0.0) == 1
+    assert choose_fuse_gate([base, worse], 1.0) == 0  # never a gate that loses accuracy
+    assert choose_fuse_gate([base, worse, one_more], 0.01) == 2
+
+
+def test_calibrate_command_parses_fuse_gates():
+    import argparse
+
+    from sat_seg_training.commands.calibrate import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(['--model', 'm', '--dataset', 'd', '--fuse-gates', '0, 0.7,0.8'])
+    assert args.fuse_gates == [0.0, 0.7, 0.8]
+    assert parser.parse_args(['--model', 'm', '--dataset', 'd']).fuse_gates == []
+    for bad in ('1.5', 'often', '-0.1'):
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--model', 'm', '--dataset', 'd', '--fuse-gates', bad])
+
+
 def test_calibrate_command_parses_seed_thresholds():
     import argparse
 

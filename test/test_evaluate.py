@@ -51,6 +51,23 @@ def test_cli_writes_json(tiny_model_dir, small_dataset, tmp_path, capsys):
     assert 'accuracy at 256 by stratum' in printed and '40-80 px' in printed
 
 
+def test_rows_count_the_tiles_a_fuse_gate_lets_through(tiny_model_dir, small_dataset):
+    from sat_seg_ros.segmenter import Segmenter
+    from sat_seg_training.dataset import load_dataset
+    from sat_seg_training.evaluate import evaluate, format_table
+
+    plain, gated = (evaluate(small_dataset, str(tiny_model_dir), sizes=[256], fuse_sizes=(512,),
+                             fuse_gate=gate)['rows'][0] for gate in (0, 0.6))
+    assert plain['tiles_per_image'] == 5 and plain['fuse_gate'] == 0.0
+    segmenter = Segmenter.from_model(tiny_model_dir, model_size=256, fuse_sizes=(512,),
+                                     fuse_gate=0.6)
+    counts = [segmenter.segment(r.read_image()).tiles for r in load_dataset(small_dataset)]
+    assert gated['tiles_per_image'] == pytest.approx(np.mean(counts))
+    assert gated['fuse_gate'] == 0.6 and 1 <= gated['tiles_per_image'] <= 5
+    table = format_table({'model': 'm', 'dataset': 'd', 'machine': 'x', 'rows': [gated]})
+    assert '512 (gate 0.6)' in table and ' %.1f ' % gated['tiles_per_image'] in table
+
+
 def test_cli_refuses_bad_sizes(small_dataset):
     with pytest.raises(SystemExit):
         main(['evaluate', '--dataset', str(small_dataset), '--sizes', '512,abc'])

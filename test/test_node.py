@@ -365,7 +365,8 @@ def test_the_ready_line_states_the_fusion_and_thresholds_in_use(tiny_model_dir):
     """What the node will run, fused model sizes and seed threshold included, in one line."""
     process = subprocess.Popen(
         node_command('-p', 'model_path:=%s' % tiny_model_dir, '-p', 'model_size:=256',
-                     '-p', "fuse_sizes:='512'", '-p', 'seed_threshold:=0.9'),
+                     '-p', "fuse_sizes:='512'", '-p', 'seed_threshold:=0.9',
+                     '-p', 'fuse_gate:=0.5'),
         env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -375,7 +376,8 @@ def test_the_ready_line_states_the_fusion_and_thresholds_in_use(tiny_model_dir):
                 break
         ready = [line for line in lines if 'ready:' in line]
         assert ready, ''.join(lines)
-        assert 'model_size 256 + 512,' in ready[0] and 'seed_threshold 0.900' in ready[0]
+        assert 'model_size 256 + 512 (fuse_gate 0.50),' in ready[0]
+        assert 'seed_threshold 0.900' in ready[0]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -411,8 +413,8 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'model_dir': None, 'backend': 'torch', 'device': 'cpu', 'model_size': None,
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
-        'max_detections': None, 'flips': None, 'fuse_sizes': None, 'input_color': None,
-        'mode': None}
+        'max_detections': None, 'flips': None, 'fuse_sizes': None, 'fuse_gate': None,
+        'input_color': None, 'mode': None}
     with pytest.raises(ValueError, match="mode='Fast!'"):
         node_config.check_value('mode', 'Fast!')
     assert node_config.segmenter_arguments(
@@ -426,6 +428,12 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
     assert node_config.segmenter_arguments(dict(node_config.defaults(), flips=4))['flips'] == 4
     with pytest.raises(ValueError, match="fuse_sizes='1024x'.*comma-separated"):
         node_config.check_value('fuse_sizes', '1024x')
+    for bad in (1.0, -0.5):
+        with pytest.raises(ValueError, match='fuse_gate=.*below 1'):
+            node_config.check_value('fuse_gate', bad)
+    for gate, wanted in ((0.0, 0.0), (0.8, 0.8), (-1.0, None)):
+        assert node_config.segmenter_arguments(
+            dict(node_config.defaults(), fuse_gate=gate))['fuse_gate'] == wanted
     for text, sizes in (('none', ()), ('1024', (1024,)), (' 1024, 2048', (1024, 2048))):
         node_config.check_value('fuse_sizes', text)
         assert node_config.segmenter_arguments(

@@ -323,6 +323,83 @@ def test_fuse_sizes_come_from_the_model_for_its_own_size(tmp_path):
     assert backend.batches == [4, 16]  # 512's four tiles, then 1024's sixteen
 
 
+def test_fuse_gate_runs_only_the_fused_tiles_over_which_the_model_size_map_peaks():
+    """Gate 0.5 with 1024: only the 1024 tiles over the bright box run (2 of 16)."""
+    ungated, gated, empty = BrightnessBackend(), BrightnessBackend(), BrightnessBackend()
+    frame = scene()  # box rows 100-180, columns 200-300 of 512 x 641
+    plain = Segmenter(ungated, SegmenterConfig(fuse_sizes=(1024,))).segment(frame)
+    result = Segmenter(gated, SegmenterConfig(fuse_sizes=(1024,), fuse_gate=0.5)).segment(frame)
+    # The 1024 tiles cover 128 frame rows and 160.25 columns each: rows 0-1, column 1.
+    assert (ungated.batches, gated.batches) == ([4, 16], [4, 2])
+    assert (plain.tiles, result.tiles) == (20, 6)
+    assert result.mask.sum() > 0
+    np.testing.assert_array_equal(result.mask, plain.mask)
+    inside = (slice(0, 256), slice(161, 320))  # the frame under the two tiles that ran
+    np.testing.assert_array_equal(result.probability[inside], plain.probability[inside])
+    # Nothing above the gate: only the model size runs, and the map is its own.
+    dark = scene(value=30)
+    alone = Segmenter(BrightnessBackend(), SegmenterConfig()).segment(dark)
+    nothing = Segmenter(empty, SegmenterConfig(fuse_sizes=(1024,), fuse_gate=0.5)).segment(dark)
+    assert empty.batches == [4] and nothing.tiles == 4 and not nothing.detected
+    np.testing.assert_allclose(nothing.probability, alone.probability, atol=1e-6)
+
+
+def test_fuse_gate_zero_is_the_plain_fusion_and_a_bad_gate_is_named(tiny_model_dir):
+    frame = np.random.default_rng(5).integers(0, 256, (300, 410), dtype=np.uint8)
+    plain = Segmenter.from_model(tiny_model_dir, model_size=512, fuse_sizes=(1024,))
+    off = Segmenter.from_model(tiny_model_dir, model_size=512, fuse_sizes=(1024,), fuse_gate=0)
+    gated = Segmenter.from_model(tiny_model_dir, model_size=512, fuse_sizes=(1024,))
+    try:
+        reference, count = plain.probability_and_tiles(frame)
+        np.testing.assert_array_equal(off.probability(frame), reference)
+        assert count == 20
+        # A gate between the tiles' peaks: the tiles that ran give the fusion's values exactly.
+        base = Segmenter.from_model(tiny_model_dir, model_size=512).probability(frame)
+        grid = gated.fuse_grids[0]
+        peaks = [base[region].max() for region in _tile_regions(grid, frame.shape)]
+        gate = float(np.median(peaks))
+        gated.set_fuse_gate(gate)
+        run = gated.gated_tiles(grid, base)
+        assert 0 < run.sum() < len(run)
+        np.testing.assert_array_equal(run, np.array(peaks) > gate)
+        got, count = gated.probability_and_tiles(frame)
+        assert count == 4 + int(run.sum())
+        for region, ran in zip(_tile_regions(grid, frame.shape, inset=3), run):
+            if ran:
+                np.testing.assert_allclose(got[region], reference[region], atol=1e-6)
+    finally:
+        for segmenter in (plain, off, gated):
+            segmenter.close()
+    for bad in (1.0, -0.1, True, '0.5'):
+        with pytest.raises(ValueError, match='fuse_gate='):
+            SegmenterConfig(fuse_sizes=(1024,), fuse_gate=bad)
+    with pytest.raises(ValueError, match='fuse_gate='):
+        gated.set_fuse_gate(1.5)
+
+
+def _tile_regions(grid, shape, inset=0):
+    """Yield the frame region under each of ``grid``'s tiles, shrunk by ``inset`` pixels."""
+    height, width = shape
+    t = grid.tile_size
+    for y, x in grid.origins:
+        y0, y1 = y * height // grid.height, -(-(y + t) * height // grid.height)
+        x0, x1 = x * width // grid.width, -(-(x + t) * width // grid.width)
+        yield (slice(y0 + inset, y1 - inset), slice(x0 + inset, x1 - inset))
+
+
+def test_fuse_gate_comes_from_the_model_and_an_override_turns_it_off(tmp_path):
+    from sat_seg_ros.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / 'm', info={
+        'model_size': 512, 'modes': {'multiscale': {'fuse_sizes': [1024], 'fuse_gate': 0.8}}})
+    assert Segmenter.from_model(path).config.fuse_gate == 0.0
+    assert Segmenter.from_model(path, mode='multiscale').config.fuse_gate == 0.8
+    assert Segmenter.from_model(path, mode='multiscale', fuse_gate=0).config.fuse_gate == 0.0
+    (path / 'sat_seg.json').write_text(json.dumps({'modes': {'x': {'fuse_gate': 2}}}))
+    with pytest.raises(ValueError, match='fuse_gate=2'):
+        Segmenter.from_model(path, mode='x')
+
+
 def test_model_info_is_used_and_overrides_win(tmp_path):
     from sat_seg_ros.testing import make_tiny_model
 

@@ -121,6 +121,56 @@ def sweep(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray],
             'best': best, 'table': table}
 
 
+def _best_post_processing(probabilities, truths, thresholds, min_areas, config,
+                          seed_thresholds) -> Dict[str, Any]:
+    """Sweep threshold, seed and smallest component on one set of maps; return the best."""
+    tables = component_tables(probabilities, truths, thresholds)
+    candidates = []
+    for min_area in (list(min_areas) or [config.min_area_px]):
+        candidate = sweep(probabilities, truths, thresholds, int(min_area),
+                          config.max_detections, seed_thresholds, tables)
+        candidate['min_area_px'] = int(min_area)
+        candidates.append(candidate)
+    result = max(candidates, key=lambda c: (c['best']['accuracy'],
+                                            np.nan_to_num(c['best']['mean_iou'], nan=-1.0)))
+    result['min_area_sweep'] = [{'min_area_px': c['min_area_px'],
+                                 'threshold': c['best_threshold'],
+                                 'seed_threshold': c['best_seed_threshold'],
+                                 'accuracy': c['best']['accuracy'],
+                                 'mean_iou': c['best']['mean_iou']} for c in candidates]
+    return result
+
+
+def choose_fuse_gate(outcomes: Sequence[Sequence[bool]], tolerance: float) -> int:
+    """Return the index of the gate to keep, given each gate's per-image outcomes.
+
+    ``outcomes[i][k]``: whether image k is right with gate i, gates in ascending order, the
+    first the reference (0: every tile runs). The last gate wins whose accuracy is at least the
+    reference's and which changes the outcome of at most ``tolerance`` of the images.
+    """
+    reference = np.asarray(outcomes[0], bool)
+    chosen = 0
+    for index, flags in enumerate(outcomes):
+        flags = np.asarray(flags, bool)
+        changed = np.count_nonzero(flags != reference)
+        if flags.sum() >= reference.sum() and changed <= tolerance * len(reference):
+            chosen = index
+    return chosen
+
+
+def _outcomes(probabilities, truths, result, max_detections) -> List[bool]:
+    """Whether each image is right under ``result``'s post-processing (as the runtime does)."""
+    from sat_seg_ros.postprocess import find_detections
+
+    flags = []
+    for probability, truth in zip(probabilities, truths):
+        _, mask = find_detections(probability, probability > result['best_threshold'],
+                                  result['min_area_px'], max_detections,
+                                  result['best_seed_threshold'])
+        flags.append(bool(metrics.image_correct(mask, truth)))
+    return flags
+
+
 def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               model_size: Optional[int] = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               limit: int = 0, write: bool = True,
@@ -128,6 +178,7 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
               max_detections: Optional[int] = None,
               min_areas: Sequence[int] = (), backend: str = 'torch', device: str = 'cpu',
               seed_thresholds: Sequence[Optional[float]] = DEFAULT_SEED_THRESHOLDS,
+              fuse_gates: Sequence[float] = (), fuse_gate_tolerance: float = 0.01,
               **overrides) -> Dict[str, Any]:
     """Sweep thresholds for ``model_dir`` on ``dataset_dir``; optionally write sat_seg.json.
 
@@ -144,6 +195,12 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     "512+1024" when fused), which the Segmenter applies in that mode only; with ``mode`` they
     go to ``modes[mode]``, which the Segmenter applies when asked for that mode
     (``result['written']`` says which).
+    ``fuse_gates`` (with fused sizes) also sweeps the gate on the fused sizes' tiles: the maps
+    are made once per gate and swept as above, and the largest gate is written, with its
+    post-processing, that loses no accuracy against the smallest gate swept (0: every tile
+    runs) and changes whether at most ``fuse_gate_tolerance`` of the images are right: a gate
+    is to save time, not to move the result. ``result['fuse_gate_sweep']`` has each gate's
+    best, tiles per image and changed images.
     """
     from sat_seg_ros.config import (load_model_info, MODE_NAME, MODEL_INFO_DEFAULTS,
                                     MODEL_INFO_FILE, size_key, write_model_info)
@@ -165,26 +222,39 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
                                      model_size=model_size, max_detections=max_detections,
                                      mode=start, **overrides)
-    probabilities, truths = [], []
+    if fuse_gates and not segmenter.config.fuse_sizes:
+        segmenter.close()
+        raise ValueError('fuse_gates %s need fused sizes (fuse_sizes, or a mode that has them)'
+                         % list(fuse_gates))
+    truths = []
     for record in records:
-        image = record.read_image()
-        probabilities.append(segmenter.probability(image))
         mask = record.read_mask() if record.positive else None
-        truths.append(mask if mask is not None else np.zeros(image.shape[:2], bool))
-    tables = component_tables(probabilities, truths, thresholds)
-    candidates = []
-    for min_area in (list(min_areas) or [segmenter.config.min_area_px]):
-        candidate = sweep(probabilities, truths, thresholds, int(min_area),
-                          segmenter.config.max_detections, seed_thresholds, tables)
-        candidate['min_area_px'] = int(min_area)
-        candidates.append(candidate)
-    result = max(candidates, key=lambda c: (c['best']['accuracy'],
-                                            np.nan_to_num(c['best']['mean_iou'], nan=-1.0)))
-    result['min_area_sweep'] = [{'min_area_px': c['min_area_px'],
-                                 'threshold': c['best_threshold'],
-                                 'seed_threshold': c['best_seed_threshold'],
-                                 'accuracy': c['best']['accuracy'],
-                                 'mean_iou': c['best']['mean_iou']} for c in candidates]
+        truths.append(mask if mask is not None else np.zeros(record.read_image().shape[:2], bool))
+    gated = []
+    for gate in sorted(fuse_gates) or [segmenter.config.fuse_gate]:
+        segmenter.set_fuse_gate(gate)
+        probabilities, tiles = [], []
+        for record in records:
+            probability, count = segmenter.probability_and_tiles(record.read_image())
+            probabilities.append(probability)
+            tiles.append(count)
+        result = _best_post_processing(probabilities, truths, thresholds, min_areas,
+                                       segmenter.config, seed_thresholds)
+        result.update({'fuse_gate': float(gate), 'tiles_per_image': float(np.mean(tiles)),
+                       'correct': _outcomes(probabilities, truths, result,
+                                            segmenter.config.max_detections)})
+        gated.append(result)
+    for result in gated:
+        result['changed'] = int(np.sum(np.not_equal(result['correct'], gated[0]['correct'])))
+    result = gated[choose_fuse_gate([r['correct'] for r in gated], fuse_gate_tolerance)]
+    segmenter.set_fuse_gate(result['fuse_gate'])
+    if fuse_gates:
+        result['fuse_gate_sweep'] = [
+            {'fuse_gate': r['fuse_gate'], 'tiles_per_image': r['tiles_per_image'],
+             'changed': r['changed'],
+             'threshold': r['best_threshold'], 'seed_threshold': r['best_seed_threshold'],
+             'min_area_px': r['min_area_px'], 'accuracy': r['best']['accuracy'],
+             'mean_iou': r['best']['mean_iou']} for r in gated]
     result.update({'model_size': segmenter.config.model_size, 'dataset': str(dataset_dir),
                    'images': len(records), 'previous_threshold': segmenter.config.threshold,
                    'max_detections': segmenter.config.max_detections,
@@ -207,13 +277,14 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
             'tile_overlap': result['tile_overlap'],  # ... stitched from tiles this far apart
             'input_color': result['input_color'],  # ... from frames that entered the model so
             'fuse_sizes': result['fuse_sizes'],  # ... and over these model sizes
+            'fuse_gate': result['fuse_gate'],  # ... their tiles run where this gate let them
             'calibration': {
                 'dataset': str(dataset_dir), 'images': len(records),
                 'model_size': result['model_size'], 'max_detections': result['max_detections'],
                 'min_area_px': result['min_area_px'], 'flips': result['flips'],
                 'tile_overlap': result['tile_overlap'],
                 'input_color': result['input_color'],
-                'fuse_sizes': result['fuse_sizes'],
+                'fuse_sizes': result['fuse_sizes'], 'fuse_gate': result['fuse_gate'],
                 'seed_threshold': result['best_seed_threshold'],
                 'accuracy': result['best']['accuracy'],
                 'mean_iou': result['best']['mean_iou'],

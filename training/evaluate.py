@@ -152,7 +152,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
     for size in sizes:
         segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
                                          **dict(overrides, model_size=int(size)))
-        pairs, seconds, results = [], [], []
+        pairs, seconds, results, tiles = [], [], [], []
         for record in tqdm(records, desc='evaluate %d' % size, unit='img', leave=False):
             image = record.read_image()
             if cast is not None:
@@ -161,6 +161,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
             start = time.perf_counter()
             result = segmenter.segment(image)
             seconds.append(time.perf_counter() - start)
+            tiles.append(result.tiles)
             pairs.append((result.mask, truth))
             value = metrics.iou(result.mask, truth)
             results.append(ImageOutcome(record.file_name, value, value > metrics.IOU_CORRECT,
@@ -170,6 +171,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                 predictions[record.file_name] = result.mask
         summary = metrics.summarize(pairs)
         summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
+                        'tiles_per_image': float(np.mean(tiles)),
                         'breakdown': breakdown(results),
                         'threshold': segmenter.config.threshold,
                         'seed_threshold': segmenter.config.seed_threshold,
@@ -181,6 +183,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'input_color': segmenter.config.input_color,
                         'mode': overrides.get('mode') or None, 'cast': cast,
                         'fuse_sizes': list(segmenter.config.fuse_sizes),
+                        'fuse_gate': segmenter.config.fuse_gate,
                         'backend': backend, 'device': device})
         rows.append(summary)
         outcomes[int(size)] = results
@@ -259,16 +262,19 @@ def format_table(report: Dict[str, Any], strata: bool = False) -> str:
     header = 'model: %s   dataset: %s' % (report['model'], report['dataset'])
     lines = [header + ('   cast: %s' % cast if cast else ''),
              'machine: %s' % report['machine'],
-             '%6s %9s %9s %10s %8s %10s %10s %6s %6s  %s' % (
-                 'size', 'accuracy', 'mean IoU', 'precision', 'recall', 's/image', 'threshold',
-                 'seed', 'flips', 'fused')]
+             '%6s %9s %9s %10s %8s %10s %7s %10s %6s %6s  %s' % (
+                 'size', 'accuracy', 'mean IoU', 'precision', 'recall', 's/image', 'tiles',
+                 'threshold', 'seed', 'flips', 'fused')]
     for row in report['rows']:
         seed = row.get('seed_threshold')
-        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %10.3f %6s %6d  %s' % (
+        gate = row.get('fuse_gate') or 0
+        lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %7s %10.3f %6s %6d  %s' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
-            row['recall'], row['seconds_per_image'], row['threshold'],
-            seed_label(seed), row.get('flips', 1),
-            ','.join(str(size) for size in row.get('fuse_sizes', ())) or '-'))
+            row['recall'], row['seconds_per_image'],
+            '-' if row.get('tiles_per_image') is None else '%.1f' % row['tiles_per_image'],
+            row['threshold'], seed_label(seed), row.get('flips', 1),
+            (','.join(str(size) for size in row.get('fuse_sizes', ())) or '-')
+            + (' (gate %g)' % gate if gate and row.get('fuse_sizes') else '')))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

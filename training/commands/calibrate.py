@@ -11,6 +11,21 @@ from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS, seed_label
 HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
 
 
+def parse_gates(text: str):
+    """Parse --fuse-gates: comma-separated gates, each 0 or a probability below 1."""
+    from sat_seg_ros.config import check_fuse_gate
+
+    gates = []
+    for item in (part.strip() for part in text.split(',')):
+        if not item:
+            continue
+        try:
+            gates.append(check_fuse_gate(float(item)))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError('--fuse-gates: %r: %s' % (item, error)) from None
+    return gates
+
+
 def parse_seeds(text: str):
     """Parse --seed-thresholds: comma-separated probabilities or 'none'."""
     seeds = []
@@ -52,6 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='hysteresis seeds swept with every threshold, e.g. none,0.99,0.995 '
                              '(none: no seed; default: %s)' % ','.join(
                                  map(seed_label, DEFAULT_SEED_THRESHOLDS)))
+    parser.add_argument('--fuse-gates', default=[], type=parse_gates, dest='fuse_gates',
+                        help='with fused sizes, also sweep the gate on their tiles, e.g. '
+                             '0,0.6,0.7,0.8,0.9: the largest gate is written that loses no '
+                             'accuracy against the smallest one and changes the outcome of at '
+                             'most --fuse-gate-tolerance of the images (it is to save time)')
+    parser.add_argument('--fuse-gate-tolerance', type=float, default=0.01,
+                        dest='fuse_gate_tolerance',
+                        help='share of the images whose outcome a chosen gate may change '
+                             '(default 0.01)')
     parser.add_argument('--limit', type=int, default=0, help='use the first N images only')
     parser.add_argument('--plot', type=Path, default=None,
                         help='sweep plot PNG (default: MODEL/calibration.png; with --dry-run, '
@@ -72,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
                        max_detections=options.pop('max_detections'),
                        min_areas=[int(v) for v in args.min_areas.split(',') if v.strip()],
                        backend=args.backend, device=args.device,
-                       seed_thresholds=args.seed_thresholds, **options)
+                       seed_thresholds=args.seed_thresholds,
+                       fuse_gates=args.fuse_gates,
+                       fuse_gate_tolerance=args.fuse_gate_tolerance,
+                       **options)
     seed = result['best_seed_threshold']
     print('%9s %9s %9s %10s %8s   (seed threshold %s)'
           % ('threshold', 'accuracy', 'mean IoU', 'precision', 'recall',
@@ -86,12 +113,19 @@ def run(args: argparse.Namespace) -> int:
         for row in result['min_area_sweep']:
             print('min_area_px %5d: best threshold %.3f, accuracy %.3f, mean IoU %.3f'
                   % (row['min_area_px'], row['threshold'], row['accuracy'], row['mean_iou']))
+    for row in result.get('fuse_gate_sweep', ()):
+        print('fuse_gate %.3f: %.1f tiles per image, best threshold %.3f, accuracy %.3f, '
+              'mean IoU %.3f, %d images change outcome'
+              % (row['fuse_gate'], row['tiles_per_image'], row['threshold'], row['accuracy'],
+                 row['mean_iou'], row['changed']))
     print('chosen threshold %.3f, seed threshold %s, min_area_px %d (accuracy %.3f, mean IoU '
           '%.3f) at model size %d%s, flips %d, max_detections %d, on %d images; previous '
           'threshold %.3f%s'
           % (result['best_threshold'], seed_label(seed),
              result['min_area_px'], best['accuracy'], best['mean_iou'], result['model_size'],
-             ''.join(' + %d' % size for size in result['fuse_sizes']), result['flips'],
+             ''.join(' + %d' % size for size in result['fuse_sizes'])
+             + (' (fuse_gate %g)' % result['fuse_gate'] if result['fuse_sizes'] else ''),
+             result['flips'],
              result['max_detections'],
              result['images'], result['previous_threshold'],
              '' if args.dry_run else '; written to sat_seg.json (%s)' % result['written']))
