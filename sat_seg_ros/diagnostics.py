@@ -108,6 +108,7 @@ class NodeStats:
         self.output_rate = RateMeter(window_s, clock)
         self.latency = LatencyWindow(latency_samples)
         self.inference = LatencyWindow(latency_samples)
+        self.tiles = LatencyWindow(latency_samples)  # tiles per frame: a fuse_gate varies them
         self.last_error = ''
         self.last_input_time: Optional[float] = None
 
@@ -122,13 +123,14 @@ class NodeStats:
                 self.input_rate.tick(now)
                 self.last_input_time = now
 
-    def frame_done(self, latency_s: float, inference_s: float) -> None:
-        """Record a published frame: receive-to-publish latency and model time, in seconds."""
+    def frame_done(self, latency_s: float, inference_s: float, tiles: int = 0) -> None:
+        """Record a published frame: latency and model time (seconds), tiles the model ran."""
         with self._lock:
             self.counts['processed'] += 1
             self.output_rate.tick()
             self.latency.add(latency_s)
             self.inference.add(inference_s)
+            self.tiles.add(tiles)
 
     def error(self, text: str) -> None:
         """Remember the latest reject / failure reason (shown in diagnostics)."""
@@ -141,6 +143,7 @@ class NodeStats:
             now = self._clock()
             latency = self.latency.summary()
             inference = self.inference.summary()
+            tiles = self.tiles.summary()
             values: Dict[str, float] = dict(self.counts)
             values.update({
                 'input_rate_hz': self.input_rate.rate(now),
@@ -149,6 +152,8 @@ class NodeStats:
                 'latency_p95_ms': latency['p95'] * 1e3,
                 'latency_max_ms': latency['max'] * 1e3,
                 'inference_p50_ms': inference['p50'] * 1e3,
+                'tiles_p50': tiles['p50'],
+                'tiles_max': tiles['max'],
                 'seconds_since_input': (now - self.last_input_time
                                         if self.last_input_time is not None else float('nan')),
             })

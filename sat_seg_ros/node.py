@@ -250,7 +250,8 @@ class SatSegNode(Node):
             return
         result = self.segmenter.segment(frame)
         self._publish(msg.header, frame, result)
-        self.stats.frame_done(time.monotonic() - received, result.timings.get('model', 0.0))
+        self.stats.frame_done(time.monotonic() - received, result.timings.get('model', 0.0),
+                              result.tiles)
 
     def _publish(self, header: Any, frame: Any, result: Any) -> None:
         """Publish one frame's outputs; probability and overlay only when someone listens."""

@@ -349,9 +349,11 @@ def test_diagnostics_report_the_node(client, node_process):
     assert client.spin_until(lambda: 'latency_p95_ms' in client.diagnostics, 5.0)
     values = client.diagnostics
     for key in ('received', 'processed', 'dropped', 'rejected', 'input_rate_hz',
-                'output_rate_hz', 'latency_p50_ms', 'backend', 'model', 'flips', 'fuse_sizes'):
+                'output_rate_hz', 'latency_p50_ms', 'backend', 'model', 'flips', 'fuse_sizes',
+                'fuse_gate', 'tiles_p50', 'tiles_max'):
         assert key in values, key
     assert values['backend'] == 'torch' and values['fuse_sizes'] == 'none'
+    assert float(values['tiles_max']) >= 1  # frames went through the model
     assert int(values['processed']) >= 10
 
 
@@ -492,9 +494,10 @@ def test_diagnostics_arithmetic_with_a_fake_clock():
     stats = diagnostics.NodeStats(clock=clock)
     assert diagnostics.status_level(stats.snapshot()) == (0, 'waiting for images')
     stats.count('received')
-    stats.frame_done(0.040, 0.030)
+    stats.frame_done(0.040, 0.030, tiles=13)
     first = stats.snapshot()
     assert first['latency_p50_ms'] == 40.0 and diagnostics.status_level(first) == (0, 'ok')
+    assert first['tiles_p50'] == first['tiles_max'] == 13
     stats.count('received')
     stats.count('rejected')
     level, message = diagnostics.status_level(stats.snapshot(), first)
