@@ -32,6 +32,13 @@ def inputs(tmp_path_factory):
     return folder
 
 
+def test_infer_logs_the_fusion_and_gate_it_runs(tiny_model_dir, inputs, tmp_path):
+    run = sat_seg('infer', '--model', tiny_model_dir, '--fuse-sizes', '1024', '--fuse-gate',
+                  '0.5', '--out', tmp_path / 'out', inputs / 'gray.png')
+    assert run.returncode == 0, run.stderr
+    assert 'size 512 + 1024 (fuse_gate 0.50), threshold' in run.stderr
+
+
 def test_infer_keeps_sizes_and_writes_binary_masks(tiny_model_dir, inputs, tmp_path):
     files = [inputs / 'gray.png', inputs / 'rgb.jpg', inputs / 'deep.png']
     # threshold 0.5: a random-weight SAM's probabilities straddle it, so masks are not all empty

@@ -46,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise FileNotFoundError('no image files found in %s' % ' '.join(args.inputs))
     segmenter = segmenter_from_args(args)
-    LOG.info('model %s, size %d, threshold %.3f', segmenter.backend.describe(),
-             segmenter.config.model_size, segmenter.config.threshold)
+    config = segmenter.config
+    fused = ''.join(' + %d' % size for size in config.fuse_sizes)
+    if fused and config.fuse_gate:
+        fused += ' (fuse_gate %.2f)' % config.fuse_gate
+    LOG.info('model %s, size %d%s, threshold %.3f', segmenter.backend.describe(),
+             config.model_size, fused, config.threshold)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {}
     failed = []
