@@ -192,8 +192,12 @@ def run_demo(out: os.PathLike | str = 'demo_out', bag: Optional[os.PathLike | st
              model: Optional[os.PathLike | str] = None, backend: str = 'torch',
              device: str = 'cpu', domain_id: Optional[int] = None, rate: float = 1.0,
              startup_timeout_s: float = 300.0, frame_timeout_s: float = 120.0,
-             log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the demo; write ``out``; return the summary (also in ``out/summary.json``)."""
+             log: Callable[[str], None] = print, mode: str = '') -> Dict[str, Any]:
+    """Run the demo; write ``out``; return the summary (also in ``out/summary.json``).
+
+    ``mode`` names a mode of the model's ``sat_seg.json`` for the node (e.g. 'multiscale';
+    '': the default settings).
+    """
     from sat_seg_ros.config import atomic_write_text, resolve_model_dir
     from sat_seg_ros.imageio import write_png
     from sat_seg_ros.metrics import summarize
@@ -222,6 +226,8 @@ def run_demo(out: os.PathLike | str = 'demo_out', bag: Optional[os.PathLike | st
     node_cmd = [sys.executable, '-m', 'sat_seg_ros.node', '--ros-args',
                 '-r', 'image:=' + CAMERA_TOPIC, '-p', 'model_path:=%s' % model_dir,
                 '-p', 'backend:=' + backend, '-p', 'device:=' + device]
+    if mode:
+        node_cmd += ['-p', 'mode:=' + mode]
     play_cmd = [sys.executable, '-m', 'sat_seg_ros.cli', 'bag', 'play', '--bag', str(bag),
                 '--rate', str(rate), '--wait-for-subscribers', '2',
                 '--wait-timeout', str(startup_timeout_s), '--paced-by', bags.MASK_TOPIC,
@@ -277,7 +283,7 @@ def run_demo(out: os.PathLike | str = 'demo_out', bag: Optional[os.PathLike | st
     diagnostics = recorder.diagnostics
     summary = {
         'bag': str(bag), 'model': str(model_dir), 'backend': backend, 'device': device,
-        'ros_domain_id': domain_id,
+        'mode': mode or None, 'ros_domain_id': domain_id,
         'frames_published': len(stamps),
         'masks_received': sum(s in recorder.masks for s in stamps),
         'frames_detected': sum(bool(recorder.masks[s].any()) for s in stamps
@@ -293,6 +299,9 @@ def run_demo(out: os.PathLike | str = 'demo_out', bag: Optional[os.PathLike | st
         'node_latency_ms': {'p50': _float(diagnostics.get('latency_p50_ms')),
                             'p95': _float(diagnostics.get('latency_p95_ms')),
                             'what': "node's receive -> all outputs published, from /diagnostics"},
+        'node_tiles': {'p50': _float(diagnostics.get('tiles_p50')),
+                       'max': _float(diagnostics.get('tiles_max')),
+                       'what': 'tiles the model ran per frame, from /diagnostics'},
         'node_counters': {key: int(_float(diagnostics.get(key)) or 0)
                           for key in ('received', 'processed', 'dropped', 'rejected', 'failed')},
         'node_exit_code': node_code,
@@ -350,8 +359,10 @@ def format_summary(summary: Dict[str, Any], out: Path) -> str:
         '  latency         p50 %s ms, p95 %s ms end to end (node alone: p50 %s, p95 %s ms)' % (
             number(latency['p50'], '%.1f'), number(latency['p95'], '%.1f'),
             number(node['p50'], '%.1f'), number(node['p95'], '%.1f')),
-        '  model           %s (%s on %s)' % (
-            summary['model'], summary['backend'], summary['device']),
+        '  model           %s (%s on %s%s), %s tiles per frame (median)' % (
+            summary['model'], summary['backend'], summary['device'],
+            ', mode %s' % summary['mode'] if summary.get('mode') else '',
+            number((summary.get('node_tiles') or {}).get('p50'), '%.0f')),
         '  outputs         %s (rosbag2 mcap), %s/overlays/ (%d PNG), %s/summary.json' % (
             summary['output_bag'], out, summary['overlays'], out),
     ]

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -456,9 +457,17 @@ def test_demo_records_a_mask_per_frame(tiny_model_dir, tmp_path):
         writer.add('b.png', rng.integers(0, 255, (48, 64), dtype=np.uint8))
         writer.add('c.png', rng.integers(0, 255, (48, 64), dtype=np.uint8))
     bags.make_bag(tmp_path / 'dataset', tmp_path / 'bag', rate_hz=10.0)
+    # The node runs a named mode of the model (a gated fusion) when the demo asks for it.
+    model = tmp_path / 'model'
+    shutil.copytree(tiny_model_dir, model)
+    (model / 'sat_seg.json').write_text(json.dumps(
+        {'modes': {'fused': {'fuse_sizes': [1024], 'fuse_gate': 0.5}}}))
     out = tmp_path / 'demo_out'
-    summary = run_demo(out=out, bag=tmp_path / 'bag', model=tiny_model_dir,
+    summary = run_demo(out=out, bag=tmp_path / 'bag', model=model, mode='fused',
                        domain_id=DOMAIN_ID, log=lambda text: None)
+    assert summary['mode'] == 'fused'
+    assert 'model_size 512 + 1024 (fuse_gate 0.50)' in (out / 'node.log').read_text()
+    assert 4 <= summary['node_tiles']['max'] <= 20
     assert summary['frames_published'] == summary['masks_received'] == 3
     assert summary['labelled_frames'] == 3 and 0.0 <= summary['accuracy'] <= 1.0
     assert summary['latency_ms']['p50'] > 0 and summary['node_exit_code'] == 0

@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS_DOMAIN_ID for the node and replay (default: random 40-99)')
+    parser.add_argument('--mode', default='',
+                        help="a named mode of the model's sat_seg.json for the node, e.g. "
+                             "multiscale (default: the model's default settings)")
     parser.add_argument('--rate', type=float, default=1.0,
                         help='replay speed factor; frames still wait for their mask')
     parser.add_argument('--startup-timeout', type=float, default=300.0,
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_demo(out=args.out, bag=args.bag, model=args.model, backend=args.backend,
                            device=args.device, domain_id=args.domain_id, rate=args.rate,
-                           startup_timeout_s=args.startup_timeout)
+                           startup_timeout_s=args.startup_timeout, mode=args.mode)
     except RuntimeError as error:  # the node or the replay failed: say which, no traceback
         print('sat-seg demo: error: %s' % error, file=sys.stderr)
         return 1
