@@ -125,6 +125,14 @@ class SegmenterConfig:
         return filled
 
 
+def fusion_label(config: SegmenterConfig) -> str:
+    """Return what follows the model size in logs: ' + 768 + 1024 (fuse_gate 0.70)', or ''."""
+    fused = ''.join(' + %d' % size for size in config.fuse_sizes)
+    if fused and config.fuse_gate:
+        fused += ' (fuse_gate %.2f)' % config.fuse_gate
+    return fused
+
+
 def check_threshold(value: float, name: str = 'threshold') -> float:
     """Return ``value`` as float if it is a probability strictly inside (0, 1), else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:

@@ -29,6 +29,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
 
 from sat_seg_ros import conversions, node_config, qos
+from sat_seg_ros.config import fusion_label
 from sat_seg_ros.diagnostics import format_value, NodeStats, RateLimitedLog, status_level
 
 try:  # optional: vision_msgs is not on PyPI (see docs/ros.md for building it)
@@ -102,16 +103,14 @@ class SatSegNode(Node):
         self._worker = threading.Thread(target=self._work, name='sat_seg_worker', daemon=True)
         self._worker.start()
         config = self.segmenter.config
-        fused = ''.join(' + %d' % size for size in config.fuse_sizes)
-        if fused and config.fuse_gate:
-            fused += ' (fuse_gate %.2f)' % config.fuse_gate
         seed = ('none' if config.seed_threshold is None else '%.3f' % config.seed_threshold)
         self.get_logger().info(
             'ready: model %s%s, backend %s on %s, model_size %d%s, tile_overlap %d, flips %d, '
             'input_color %s, threshold %.3f, seed_threshold %s, min_area_px %d; subscribed to '
             '%s (%s, qos.reliability=%s)'
             % (self.model_dir, ' (mode %s)' % self.values['mode'] if self.values['mode'] else '',
-               self.values['backend'], self.values['device'], config.model_size, fused,
+               self.values['backend'], self.values['device'], config.model_size,
+               fusion_label(config),
                config.tile_overlap, config.flips, config.input_color, config.threshold, seed,
                config.min_area_px, self._subscription.topic_name, self._reliability,
                self._mode))

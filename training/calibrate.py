@@ -226,29 +226,32 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
         segmenter.close()
         raise ValueError('fuse_gates %s need fused sizes (fuse_sizes, or a mode that has them)'
                          % list(fuse_gates))
-    truths = []
-    for record in records:
-        mask = record.read_mask() if record.positive else None
-        truths.append(mask if mask is not None else np.zeros(record.read_image().shape[:2], bool))
+    truths = []  # read with each image's first pass
     gated = []
     for gate in sorted(fuse_gates) or [segmenter.config.fuse_gate]:
         segmenter.set_fuse_gate(gate)
         probabilities, tiles = [], []
-        for record in records:
-            probability, count = segmenter.probability_and_tiles(record.read_image())
+        for index, record in enumerate(records):
+            image = record.read_image()
+            probability, count = segmenter.probability_and_tiles(image)
             probabilities.append(probability)
             tiles.append(count)
+            if index == len(truths):
+                mask = record.read_mask() if record.positive else None
+                truths.append(mask if mask is not None else np.zeros(image.shape[:2], bool))
         result = _best_post_processing(probabilities, truths, thresholds, min_areas,
                                        segmenter.config, seed_thresholds)
-        result.update({'fuse_gate': float(gate), 'tiles_per_image': float(np.mean(tiles)),
-                       'correct': _outcomes(probabilities, truths, result,
-                                            segmenter.config.max_detections)})
+        result.update({'fuse_gate': float(gate), 'tiles_per_image': float(np.mean(tiles))})
+        if fuse_gates:  # the outcomes only choose between gates
+            result['correct'] = _outcomes(probabilities, truths, result,
+                                          segmenter.config.max_detections)
         gated.append(result)
-    for result in gated:
-        result['changed'] = int(np.sum(np.not_equal(result['correct'], gated[0]['correct'])))
-    result = gated[choose_fuse_gate([r['correct'] for r in gated], fuse_gate_tolerance)]
-    segmenter.set_fuse_gate(result['fuse_gate'])
     if fuse_gates:
+        for result in gated:
+            result['changed'] = int(np.count_nonzero(
+                np.not_equal(result['correct'], gated[0]['correct'])))
+        result = gated[choose_fuse_gate([r['correct'] for r in gated], fuse_gate_tolerance)]
+        segmenter.set_fuse_gate(result['fuse_gate'])
         result['fuse_gate_sweep'] = [
             {'fuse_gate': r['fuse_gate'], 'tiles_per_image': r['tiles_per_image'],
              'changed': r['changed'],

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_from_args
-from sat_seg_ros.config import atomic_write_text
+from sat_seg_ros.config import atomic_write_text, fusion_label
 from sat_seg_ros.imageio import expand_inputs, ImageReadError, read_image, write_png
 
 HELP = 'segment image files or folders into 0/255 masks and detections.json'
@@ -46,12 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise FileNotFoundError('no image files found in %s' % ' '.join(args.inputs))
     segmenter = segmenter_from_args(args)
-    config = segmenter.config
-    fused = ''.join(' + %d' % size for size in config.fuse_sizes)
-    if fused and config.fuse_gate:
-        fused += ' (fuse_gate %.2f)' % config.fuse_gate
     LOG.info('model %s, size %d%s, threshold %.3f', segmenter.backend.describe(),
-             config.model_size, fused, config.threshold)
+             segmenter.config.model_size, fusion_label(segmenter.config),
+             segmenter.config.threshold)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {}
     failed = []
