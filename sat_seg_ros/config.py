@@ -35,6 +35,7 @@ MODEL_INFO_DEFAULTS: Dict[str, Any] = {
     'flips': 1,
     'fuse_sizes': (),
     'fuse_gate': 0.0,
+    'fuse_max_tiles': 0,
 }
 
 #: Test-time flips: each tile also runs mirrored, and the probabilities are averaged.
@@ -44,7 +45,8 @@ FLIPS = (1, 2, 4)
 #: and a ``modes`` entry for its named mode (``calibration`` is its record, like the top-level
 #: one).
 SIZE_KEYS = ('threshold', 'seed_threshold', 'min_area_px', 'max_detections', 'flips',
-             'tile_overlap', 'fuse_sizes', 'fuse_gate', 'input_color', 'calibration')
+             'tile_overlap', 'fuse_sizes', 'fuse_gate', 'fuse_max_tiles', 'input_color',
+             'calibration')
 
 
 @dataclasses.dataclass
@@ -66,6 +68,9 @@ class SegmenterConfig:
     ``model_size``'s map, over the part of the frame the tile covers, peaks above it; the
     tiles left out take ``model_size``'s map as that size's (the fusion there is the model
     size's map). The frame's model size always runs in full.
+    ``fuse_max_tiles`` (0 = no cap) bounds the fused sizes' tiles per frame, all sizes together:
+    of the tiles the gate lets through, those over the highest peaks of ``model_size``'s map
+    run, so the worst case costs the model size's tiles plus this many.
     """
 
     model_size: int = 512
@@ -82,6 +87,7 @@ class SegmenterConfig:
     flips: int = 1
     fuse_sizes: Tuple[int, ...] = ()
     fuse_gate: float = 0.0
+    fuse_max_tiles: int = 0  # at most this many fused tiles per frame; 0 = no cap
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +119,7 @@ class SegmenterConfig:
                              % (self.flips, FLIPS))
         self.fuse_sizes = check_fuse_sizes(self.fuse_sizes, self.model_size, self.tile_size)
         self.fuse_gate = check_fuse_gate(self.fuse_gate)
+        self.fuse_max_tiles = check_fuse_max_tiles(self.fuse_max_tiles)
 
     def resolved(self, model_info: Dict[str, Any]) -> 'SegmenterConfig':
         """Return a copy with every ``None`` filled from ``model_info`` (a ``sat_seg.json``)."""
@@ -126,10 +133,19 @@ class SegmenterConfig:
 
 
 def fusion_label(config: SegmenterConfig) -> str:
-    """Return what follows the model size in logs: ' + 768 + 1024 (fuse_gate 0.70)', or ''."""
+    """Return what follows the model size in logs, or '' without fused sizes.
+
+    E.g. ' + 768 + 1024 (fuse_gate 0.70)', or ' + 768 + 1024 (fuse_gate 0.70, fuse_max_tiles
+    12)' with a cap.
+    """
     fused = ''.join(' + %d' % size for size in config.fuse_sizes)
-    if fused and config.fuse_gate:
-        fused += ' (fuse_gate %.2f)' % config.fuse_gate
+    limits = []
+    if config.fuse_gate:
+        limits.append('fuse_gate %.2f' % config.fuse_gate)
+    if config.fuse_max_tiles:
+        limits.append('fuse_max_tiles %d' % config.fuse_max_tiles)
+    if fused and limits:
+        fused += ' (%s)' % ', '.join(limits)
     return fused
 
 
@@ -162,6 +178,14 @@ def check_fuse_gate(value: Any) -> float:
                          'below 1 (a fused tile runs where the map at the model size peaks '
                          'above it)' % (value,))
     return float(value)
+
+
+def check_fuse_max_tiles(value: Any) -> int:
+    """Return ``value`` if it is an integer >= 0 (0: no cap on the fused tiles), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError('fuse_max_tiles=%r must be an integer >= 0: at most this many tiles of '
+                         'the fused sizes run per frame (0: no cap)' % (value,))
+    return value
 
 
 def parse_size_list(text: str) -> Tuple[int, ...]:

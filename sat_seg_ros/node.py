@@ -205,6 +205,7 @@ class SatSegNode(Node):
             'flips': config.flips,
             'fuse_sizes': ','.join(str(size) for size in config.fuse_sizes) or 'none',
             'fuse_gate': config.fuse_gate,
+            'fuse_max_tiles': config.fuse_max_tiles,
             'image_topic': self._subscription.topic_name,
             'image_reliability': self._reliability,
             'detections_published': self._detections_pub is not None,

@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 
 from sat_seg_ros.backends import Backend, create_backend
-from sat_seg_ros.config import (check_fuse_gate, check_threshold, info_for_size, load_model_info,
-                                resolve_model_dir, SegmenterConfig)
+from sat_seg_ros.config import (check_fuse_gate, check_fuse_max_tiles, check_threshold,
+                                info_for_size, load_model_info, resolve_model_dir,
+                                SegmenterConfig)
 from sat_seg_ros.postprocess import Detection, find_detections
 from sat_seg_ros.tiling import check_frame, resize, TileGrid, to_float_pixels, to_luma
 
@@ -115,6 +116,10 @@ class Segmenter:
         """Change the fused tiles' gate (0: every tile runs; else a probability below 1)."""
         self.config.fuse_gate = check_fuse_gate(value)
 
+    def set_fuse_max_tiles(self, value: int) -> None:
+        """Change the cap on the fused sizes' tiles per frame (0: no cap)."""
+        self.config.fuse_max_tiles = check_fuse_max_tiles(value)
+
     def set_min_area(self, value: int) -> None:
         """Change the smallest component area, in pixels of the input frame (>= 0)."""
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -174,30 +179,49 @@ class Segmenter:
         With ``fuse_sizes`` the frame also runs at each further model size, and the maps, each
         resized back to the frame, are averaged; ``timings`` sums the stages over the sizes.
         With ``fuse_gate`` a further size runs only the tiles over which the model size's map
-        peaks above the gate (:meth:`gated_tiles`).
+        peaks above the gate, and ``fuse_max_tiles`` caps their number (:meth:`fused_tiles`).
         """
         return self.probability_and_tiles(image, timings)[0]
 
-    def gated_tiles(self, grid: TileGrid, base: np.ndarray) -> Optional[np.ndarray]:
-        """Return which of a fused ``grid``'s tiles run, given the model size's map ``base``.
+    def region_peaks(self, grid: TileGrid, base: np.ndarray) -> np.ndarray:
+        """Return, per tile of ``grid``, the peak of ``base`` under it.
 
-        None when ``fuse_gate`` is 0 (all of them); else a bool per tile: whether ``base``
-        peaks above the gate over the part of the frame the tile covers.
+        ``base`` is the model size's map at the frame's resolution; a tile's part of the frame
+        is where its pixels come from.
         """
-        gate = self.config.fuse_gate
-        if gate <= 0:
-            return None
         height, width = base.shape
         t = grid.tile_size
-        run = np.zeros(len(grid), bool)
+        peaks = np.empty(len(grid), np.float32)
         for index, (y, x) in enumerate(grid.origins):
             # The frame pixels the tile's pixels come from (outward: floor, ceiling).
             rows = slice(y * height // grid.height, -(-min(y + t, grid.height) * height
                                                       // grid.height))
             columns = slice(x * width // grid.width, -(-min(x + t, grid.width) * width
                                                        // grid.width))
-            run[index] = base[rows, columns].max() > gate
-        return run
+            peaks[index] = base[rows, columns].max()
+        return peaks
+
+    def fused_tiles(self, base: np.ndarray) -> List[Optional[np.ndarray]]:
+        """Return, per fused grid, which of its tiles run, given the model size's map ``base``.
+
+        None for a grid whose tiles all run (no ``fuse_gate`` and no ``fuse_max_tiles``), else
+        a bool per tile. With ``fuse_gate`` a tile runs where ``base`` peaks above the gate
+        over the part of the frame it covers; with ``fuse_max_tiles`` only that many of those
+        run, all fused sizes together, the highest peaks first (ties: the earlier fused size,
+        then the tile order).
+        """
+        gate, cap = self.config.fuse_gate, self.config.fuse_max_tiles
+        if gate <= 0 and cap <= 0:
+            return [None] * len(self.fuse_grids)
+        peaks = [self.region_peaks(grid, base) for grid in self.fuse_grids]
+        runs = [peak > gate if gate > 0 else np.ones(len(peak), bool) for peak in peaks]
+        if 0 < cap < sum(int(run.sum()) for run in runs):
+            candidates = np.concatenate([np.where(run, peak, -np.inf)
+                                         for run, peak in zip(runs, peaks)])
+            keep = np.zeros(len(candidates), bool)
+            keep[np.argsort(-candidates, kind='stable')[:cap]] = True
+            runs = np.split(keep, np.cumsum([len(peak) for peak in peaks])[:-1])
+        return runs
 
     def probability_and_tiles(self, image: np.ndarray,
                               timings: Optional[Dict[str, float]] = None
@@ -206,36 +230,45 @@ class Segmenter:
         timings = {} if timings is None else timings
         for stage in ('preprocess', 'model', 'stitch'):
             timings[stage] = 0.0
-        height, width = image.shape[:2]
-        maps = []
-        count = 0
-        for grid in [self.grid] + self.fuse_grids:
-            start = time.perf_counter()
-            tiles = self.model_tiles(image, grid)
-            run = self.gated_tiles(grid, maps[0]) if maps else None
-            tiled = time.perf_counter()
-            if run is None:
-                probabilities = self.tile_probabilities(tiles)
-                count += len(tiles)
-            else:
-                # Tiles left out take the model size's map: the mean there is that map.
-                probabilities = grid.cut(resize(maps[0], grid.height, grid.width,
-                                                interpolation=cv2.INTER_LINEAR))
-                if run.any():
-                    probabilities[run] = self.tile_probabilities(tiles[run])
-                count += int(run.sum())
-            inferred = time.perf_counter()
-            maps.append(resize(grid.stitch(probabilities), height, width,
-                               interpolation=cv2.INTER_LINEAR))
-            timings['preprocess'] += tiled - start
-            timings['model'] += inferred - tiled
-            timings['stitch'] += time.perf_counter() - inferred
-        if len(maps) == 1:
-            return maps[0], count
+        base, count = self._size_map(image, self.grid, None, None, timings)
+        if not self.fuse_grids:
+            return base, count
+        maps = [base]
+        for grid, run in zip(self.fuse_grids, self.fused_tiles(base)):
+            fused, ran = self._size_map(image, grid, run, base, timings)
+            maps.append(fused)
+            count += ran
         start = time.perf_counter()
         probability = np.mean(maps, axis=0, dtype=np.float32)
         timings['stitch'] += time.perf_counter() - start
         return probability, count
+
+    def _size_map(self, image: np.ndarray, grid: TileGrid, run: Optional[np.ndarray],
+                  base: Optional[np.ndarray], timings: Dict[str, float]
+                  ) -> Tuple[np.ndarray, int]:
+        """Return ``grid``'s map at the frame's resolution and how many tiles ran for it.
+
+        ``run`` (None: every tile) says which tiles run; the others take ``base``'s values.
+        """
+        height, width = image.shape[:2]
+        start = time.perf_counter()
+        tiles = self.model_tiles(image, grid)
+        tiled = time.perf_counter()
+        if run is None:
+            probabilities = self.tile_probabilities(tiles)
+        else:
+            # Tiles left out take the model size's map: the mean there is that map.
+            probabilities = grid.cut(resize(base, grid.height, grid.width,
+                                            interpolation=cv2.INTER_LINEAR))
+            if run.any():
+                probabilities[run] = self.tile_probabilities(tiles[run])
+        inferred = time.perf_counter()
+        size_map = resize(grid.stitch(probabilities), height, width,
+                          interpolation=cv2.INTER_LINEAR)
+        timings['preprocess'] += tiled - start
+        timings['model'] += inferred - tiled
+        timings['stitch'] += time.perf_counter() - inferred
+        return size_map, len(tiles) if run is None else int(run.sum())
 
     def segment(self, image: np.ndarray) -> Result:
         """Segment one frame: HxW or HxWx{1,3,4}, uint8 / uint16 / bool / float in [0, 1]."""

@@ -6,7 +6,9 @@
 # (by_model_size["512+1024"]) and the named modes
 # 'accurate' (64 px tile overlap + four mirrored views at 512; modes["accurate"]) and
 # 'multiscale' (512 fused with 768 and 1024; modes["multiscale"]); the two fusions also
-# choose their fuse_gate (the largest of 0-0.9 that keeps the ungated accuracy); with a
+# choose their fuse_gate (the largest of 0-0.9 that keeps the ungated accuracy), and the
+# mode 'multiscale' is then calibrated again with its fused tiles capped at 9 per frame
+# (fuse_max_tiles: at most 4 + 9 tiles a frame, a bound for real-time budgets); with a
 # GRAY_VALIDATION_SET (the gray twins of the validation scenes) also the mode 'gray' (the 512
 # settings chosen on gray frames, for mono cameras; modes["gray"]).
 # The folder is written to OUT; copy it over sat_seg_ros/models/default to ship it.
@@ -16,7 +18,7 @@
 #   SAT_SEG=sat-seg scripts/bundle_model.sh ...      # default: .venv/bin/sat-seg
 set -euo pipefail
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 fi
 checkpoint=$1 out=$2 val=$3 gray=${4:-}
@@ -36,6 +38,7 @@ gates=(--fuse-gates 0,0.6,0.7,0.8,0.9)
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode accurate --tile-overlap 64 --flips 4
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode multiscale --fuse-sizes 768,1024 \
     "${gates[@]}"
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode multiscale --fuse-max-tiles 9
 if [ -n "$gray" ]; then
     "$SAT_SEG" calibrate --model "$out" --dataset "$gray" --max-detections 1 --min-areas 16,64,160 \
         --mode gray

@@ -88,6 +88,7 @@ def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, en
     segmenter = Segmenter.from_model(out, mode='multiscale')
     assert segmenter.config.fuse_sizes == (768, 1024)
     assert segmenter.config.fuse_gate == multiscale['fuse_gate']
+    assert segmenter.config.fuse_max_tiles == multiscale['calibration']['fuse_max_tiles'] == 9
     assert segmenter.config.threshold == multiscale['threshold']
     assert set(info['modes']) == {'accurate', 'multiscale'}
     # With the gray twins of the validation scenes: the mode 'gray' as well.

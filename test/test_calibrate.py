@@ -354,8 +354,20 @@ def test_a_fuse_gate_sweep_writes_the_largest_gate_keeping_the_accuracy(tiny_mod
         assert multiscale.config.fuse_gate == result['fuse_gate']
     finally:
         multiscale.close()
+    assert entry['fuse_max_tiles'] == entry['calibration']['fuse_max_tiles'] == 0
     with pytest.raises(ValueError, match='need fused sizes'):
         calibrate(model, val, thresholds=[0.5], fuse_gates=[0.5])
+    # A cap calibrates with it: the maps had at most that many fused tiles, and so will use.
+    capped = calibrate(model, val, thresholds=[0.3, 0.5], seed_thresholds=[None],
+                       mode='capped', fuse_sizes=(512,), fuse_max_tiles=2)
+    assert capped['tiles_per_image'] == 3  # 256's one tile and two of 512's four
+    entry = json.loads((model / 'sat_seg.json').read_text())['modes']['capped']
+    assert entry['fuse_max_tiles'] == entry['calibration']['fuse_max_tiles'] == 2
+    segmenter = Segmenter.from_model(model, mode='capped')
+    try:
+        assert segmenter.config.fuse_max_tiles == 2
+    finally:
+        segmenter.close()
 
 
 def test_the_gate_kept_loses_nothing_and_changes_few_outcomes():

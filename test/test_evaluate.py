@@ -63,9 +63,16 @@ def test_rows_count_the_tiles_a_fuse_gate_lets_through(tiny_model_dir, small_dat
                                      fuse_gate=0.6)
     counts = [segmenter.segment(r.read_image()).tiles for r in load_dataset(small_dataset)]
     assert gated['tiles_per_image'] == pytest.approx(np.mean(counts))
+    assert gated['tiles_max'] == max(counts) and plain['tiles_max'] == 5
     assert gated['fuse_gate'] == 0.6 and 1 <= gated['tiles_per_image'] <= 5
     table = format_table({'model': 'm', 'dataset': 'd', 'machine': 'x', 'rows': [gated]})
     assert '512 (gate 0.6)' in table and ' %.1f ' % gated['tiles_per_image'] in table
+    # A cap of one fused tile: every frame runs 256's one tile and one of 512's four.
+    capped = evaluate(small_dataset, str(tiny_model_dir), sizes=[256], fuse_sizes=(512,),
+                      fuse_max_tiles=1)['rows'][0]
+    assert (capped['tiles_per_image'], capped['tiles_max'], capped['fuse_max_tiles']) == (2, 2, 1)
+    table = format_table({'model': 'm', 'dataset': 'd', 'machine': 'x', 'rows': [capped]})
+    assert '512 (at most 1)' in table
 
 
 def test_cli_refuses_bad_sizes(small_dataset):

@@ -178,16 +178,17 @@ def test_exported_folder_runs_alone_without_torch(blocked_env, tmp_path, model, 
                 'assert (c.flips, c.tile_overlap, c.input_color) == (4, 64, %r), c\n'
                 % (str(device_dir), bundled['input_color']))
         assert run_python(code, blocked_env).returncode == 0
-        # ... and the mode multiscale with its fuse_gate, which runs without torch too.
+        # ... and the mode multiscale with its fuse_gate and fuse_max_tiles, which run without
+        # torch too.
         code = ('import cv2\n'
                 'from sat_seg_ros.segmenter import Segmenter\n'
                 "s = Segmenter.from_model(%r, backend='onnxruntime', mode='multiscale')\n"
                 'c = s.config\n'
-                'assert (c.fuse_sizes, c.fuse_gate) == ((768, 1024), %r), c\n'
+                'assert (c.fuse_sizes, c.fuse_gate, c.fuse_max_tiles) == ((768, 1024), %r, %r)\n'
                 'r = s.segment(cv2.imread(%r, 0))\n'
-                'assert 4 <= r.tiles <= 29, r.tiles\n'
+                'assert 4 <= r.tiles <= 4 + c.fuse_max_tiles, r.tiles\n'
                 % (str(device_dir), bundled['modes']['multiscale']['fuse_gate'],
-                   str(frames / 'frame0.png')))
+                   bundled['modes']['multiscale']['fuse_max_tiles'], str(frames / 'frame0.png')))
         assert run_python(code, blocked_env).returncode == 0
 
 

@@ -351,7 +351,7 @@ def test_diagnostics_report_the_node(client, node_process):
     values = client.diagnostics
     for key in ('received', 'processed', 'dropped', 'rejected', 'input_rate_hz',
                 'output_rate_hz', 'latency_p50_ms', 'backend', 'model', 'flips', 'fuse_sizes',
-                'fuse_gate', 'tiles_p50', 'tiles_max'):
+                'fuse_gate', 'fuse_max_tiles', 'tiles_p50', 'tiles_max'):
         assert key in values, key
     assert values['backend'] == 'torch' and values['fuse_sizes'] == 'none'
     assert float(values['tiles_max']) >= 1  # frames went through the model
@@ -369,7 +369,7 @@ def test_the_ready_line_states_the_fusion_and_thresholds_in_use(tiny_model_dir):
     process = subprocess.Popen(
         node_command('-p', 'model_path:=%s' % tiny_model_dir, '-p', 'model_size:=256',
                      '-p', "fuse_sizes:='512'", '-p', 'seed_threshold:=0.9',
-                     '-p', 'fuse_gate:=0.5'),
+                     '-p', 'fuse_gate:=0.5', '-p', 'fuse_max_tiles:=3'),
         env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
@@ -379,7 +379,7 @@ def test_the_ready_line_states_the_fusion_and_thresholds_in_use(tiny_model_dir):
                 break
         ready = [line for line in lines if 'ready:' in line]
         assert ready, ''.join(lines)
-        assert 'model_size 256 + 512 (fuse_gate 0.50),' in ready[0]
+        assert 'model_size 256 + 512 (fuse_gate 0.50, fuse_max_tiles 3),' in ready[0]
         assert 'seed_threshold 0.900' in ready[0]
     finally:
         process.terminate()
@@ -417,7 +417,7 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
         'tile_size': None, 'tile_overlap': None, 'batch_size': 16, 'prompt_mode': None,
         'threshold': None, 'seed_threshold': None, 'min_area_px': None,
         'max_detections': None, 'flips': None, 'fuse_sizes': None, 'fuse_gate': None,
-        'input_color': None, 'mode': None}
+        'fuse_max_tiles': None, 'input_color': None, 'mode': None}
     with pytest.raises(ValueError, match="mode='Fast!'"):
         node_config.check_value('mode', 'Fast!')
     assert node_config.segmenter_arguments(
@@ -437,6 +437,11 @@ def test_config_file_and_docs_mirror_the_declared_parameters():
     for gate, wanted in ((0.0, 0.0), (0.8, 0.8), (-1.0, None)):
         assert node_config.segmenter_arguments(
             dict(node_config.defaults(), fuse_gate=gate))['fuse_gate'] == wanted
+    with pytest.raises(ValueError, match='fuse_max_tiles=-2'):
+        node_config.check_value('fuse_max_tiles', -2)
+    for cap, wanted in ((0, 0), (8, 8), (-1, None)):
+        assert node_config.segmenter_arguments(
+            dict(node_config.defaults(), fuse_max_tiles=cap))['fuse_max_tiles'] == wanted
     for text, sizes in (('none', ()), ('1024', (1024,)), (' 1024, 2048', (1024, 2048))):
         node_config.check_value('fuse_sizes', text)
         assert node_config.segmenter_arguments(

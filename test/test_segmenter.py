@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sat_seg_ros.backends import Backend
-from sat_seg_ros.config import SegmenterConfig
+from sat_seg_ros.config import fusion_label, SegmenterConfig
 from sat_seg_ros.postprocess import find_detections
 from sat_seg_ros.segmenter import Segmenter, sigmoid
 
@@ -359,7 +359,7 @@ def test_fuse_gate_zero_is_the_plain_fusion_and_a_bad_gate_is_named(tiny_model_d
         peaks = [base[region].max() for region in _tile_regions(grid, frame.shape)]
         gate = float(np.median(peaks))
         gated.set_fuse_gate(gate)
-        run = gated.gated_tiles(grid, base)
+        run, = gated.fused_tiles(base)
         assert 0 < run.sum() < len(run)
         np.testing.assert_array_equal(run, np.array(peaks) > gate)
         got, count = gated.probability_and_tiles(frame)
@@ -375,6 +375,62 @@ def test_fuse_gate_zero_is_the_plain_fusion_and_a_bad_gate_is_named(tiny_model_d
             SegmenterConfig(fuse_sizes=(1024,), fuse_gate=bad)
     with pytest.raises(ValueError, match='fuse_gate='):
         gated.set_fuse_gate(1.5)
+
+
+def test_fuse_max_tiles_runs_the_fused_tiles_over_the_highest_peaks_first():
+    """A cap of 3 of the 6 gated 1024 tiles: the bright box's 2, then the dim box's first."""
+    frame = scene()  # the bright box: 1024 tiles (0, 1) and (1, 1)
+    frame[350:420, 450:560] = 170  # a dimmer one: tiles (2, 2), (2, 3), (3, 2), (3, 3)
+    gated, capped, roomy = BrightnessBackend(), BrightnessBackend(), BrightnessBackend()
+    config = {'fuse_sizes': (1024,), 'fuse_gate': 0.5}
+    plain = Segmenter(gated, SegmenterConfig(**config)).segment(frame)
+    segmenter = Segmenter(capped, SegmenterConfig(fuse_max_tiles=3, **config))
+    result = segmenter.segment(frame)
+    assert (gated.batches, capped.batches, plain.tiles, result.tiles) == ([4, 6], [4, 3], 10, 7)
+    base = Segmenter(BrightnessBackend(), SegmenterConfig()).probability(frame)
+    run, = segmenter.fused_tiles(base)
+    assert sorted(np.flatnonzero(run)) == [1, 5, 10]
+    regions = list(_tile_regions(segmenter.fuse_grids[0], frame.shape, inset=3))
+    for index in (1, 5, 10):  # the tiles that ran: the gated fusion's values
+        np.testing.assert_allclose(result.probability[regions[index]],
+                                   plain.probability[regions[index]], atol=1e-6)
+    # Gated through, capped out: the model size's map alone (off the dim box's edges, where
+    # resampling that map to 1024 and back blurs it).
+    far = np.ones(frame.shape, bool)
+    for edge in (350, 420):
+        far[edge - 4:edge + 4] = False
+    for edge in (450, 560):
+        far[:, edge - 4:edge + 4] = False
+    for index in (11, 14, 15):
+        here = far[regions[index]]
+        np.testing.assert_allclose(result.probability[regions[index]][here],
+                                   base[regions[index]][here], atol=1e-6)
+        assert np.abs(plain.probability[regions[index]] - result.probability[regions[index]]
+                      ).max() > 1e-3  # and not what running the tile gives
+    # A cap above what the gate lets through changes nothing.
+    roomier = Segmenter(roomy, SegmenterConfig(fuse_max_tiles=6, **config)).segment(frame)
+    assert roomy.batches == [4, 6]
+    np.testing.assert_array_equal(roomier.probability, plain.probability)
+
+
+def test_fuse_max_tiles_spans_the_fused_sizes_and_works_without_a_gate():
+    backend = BrightnessBackend()
+    config = SegmenterConfig(fuse_sizes=(768, 1024), fuse_max_tiles=5)
+    result = Segmenter(backend, config).segment(scene())
+    assert result.tiles == 4 + 5 and sum(backend.batches[1:]) == 5
+    # Without a gate every fused tile is a candidate. Six lie over the box (768: 0, 1, 3, 4;
+    # 1024: 1, 5) with the same peak: the earlier size's go first, then the tile order.
+    base = Segmenter(BrightnessBackend(), SegmenterConfig()).probability(scene())
+    runs = Segmenter(BrightnessBackend(), config).fused_tiles(base)
+    assert [list(np.flatnonzero(run)) for run in runs] == [[0, 1, 3, 4], [1]]
+    assert config.fuse_gate == 0 and fusion_label(config) == ' + 768 + 1024 (fuse_max_tiles 5)'
+    assert fusion_label(SegmenterConfig(fuse_sizes=(1024,), fuse_gate=0.7, fuse_max_tiles=12)
+                        ) == ' + 1024 (fuse_gate 0.70, fuse_max_tiles 12)'
+    for bad in (-1, 2.5, True, '4'):
+        with pytest.raises(ValueError, match='fuse_max_tiles='):
+            SegmenterConfig(fuse_sizes=(1024,), fuse_max_tiles=bad)
+    with pytest.raises(ValueError, match='fuse_max_tiles='):
+        Segmenter(backend, config).set_fuse_max_tiles(-2)
 
 
 def _tile_regions(grid, shape, inset=0):

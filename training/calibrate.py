@@ -200,7 +200,8 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
     post-processing, that loses no accuracy against the smallest gate swept (0: every tile
     runs) and changes whether at most ``fuse_gate_tolerance`` of the images are right: a gate
     is to save time, not to move the result. ``result['fuse_gate_sweep']`` has each gate's
-    best, tiles per image and changed images.
+    best, tiles per image and changed images. A ``fuse_max_tiles`` override caps the fused
+    tiles while the maps are made, and is written with the rest.
     """
     from sat_seg_ros.config import (load_model_info, MODE_NAME, MODEL_INFO_DEFAULTS,
                                     MODEL_INFO_FILE, size_key, write_model_info)
@@ -264,7 +265,8 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                    'flips': segmenter.config.flips,
                    'tile_overlap': segmenter.config.tile_overlap,
                    'input_color': segmenter.config.input_color,
-                   'fuse_sizes': list(segmenter.config.fuse_sizes)})
+                   'fuse_sizes': list(segmenter.config.fuse_sizes),
+                   'fuse_max_tiles': segmenter.config.fuse_max_tiles})
     segmenter.close()
     if plot is not None:
         result['plot'] = str(plot_sweep(result, Path(plot)))
@@ -281,6 +283,7 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
             'input_color': result['input_color'],  # ... from frames that entered the model so
             'fuse_sizes': result['fuse_sizes'],  # ... and over these model sizes
             'fuse_gate': result['fuse_gate'],  # ... their tiles run where this gate let them
+            'fuse_max_tiles': result['fuse_max_tiles'],  # ... and no more of them than this
             'calibration': {
                 'dataset': str(dataset_dir), 'images': len(records),
                 'model_size': result['model_size'], 'max_detections': result['max_detections'],
@@ -288,6 +291,7 @@ def calibrate(model_dir: os.PathLike | str, dataset_dir: os.PathLike | str,
                 'tile_overlap': result['tile_overlap'],
                 'input_color': result['input_color'],
                 'fuse_sizes': result['fuse_sizes'], 'fuse_gate': result['fuse_gate'],
+                'fuse_max_tiles': result['fuse_max_tiles'],
                 'seed_threshold': result['best_seed_threshold'],
                 'accuracy': result['best']['accuracy'],
                 'mean_iou': result['best']['mean_iou'],

@@ -172,6 +172,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
         summary = metrics.summarize(pairs)
         summary.update({'model_size': int(size), 'seconds_per_image': float(np.mean(seconds)),
                         'tiles_per_image': float(np.mean(tiles)),
+                        'tiles_max': int(np.max(tiles)),
                         'breakdown': breakdown(results),
                         'threshold': segmenter.config.threshold,
                         'seed_threshold': segmenter.config.seed_threshold,
@@ -184,6 +185,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
                         'mode': overrides.get('mode') or None, 'cast': cast,
                         'fuse_sizes': list(segmenter.config.fuse_sizes),
                         'fuse_gate': segmenter.config.fuse_gate,
+                        'fuse_max_tiles': segmenter.config.fuse_max_tiles,
                         'backend': backend, 'device': device})
         rows.append(summary)
         outcomes[int(size)] = results
@@ -267,14 +269,16 @@ def format_table(report: Dict[str, Any], strata: bool = False) -> str:
                  'threshold', 'seed', 'flips', 'fused')]
     for row in report['rows']:
         seed = row.get('seed_threshold')
-        gate = row.get('fuse_gate') or 0
+        limits = ['gate %g' % row['fuse_gate']] if row.get('fuse_gate') else []
+        if row.get('fuse_max_tiles'):
+            limits.append('at most %d' % row['fuse_max_tiles'])
         lines.append('%6d %9.3f %9.3f %10.3f %8.3f %10.3f %7s %10.3f %6s %6d  %s' % (
             row['model_size'], row['accuracy'], row['mean_iou'], row['precision'],
             row['recall'], row['seconds_per_image'],
             '-' if row.get('tiles_per_image') is None else '%.1f' % row['tiles_per_image'],
             row['threshold'], seed_label(seed), row.get('flips', 1),
             (','.join(str(size) for size in row.get('fuse_sizes', ())) or '-')
-            + (' (gate %g)' % gate if gate and row.get('fuse_sizes') else '')))
+            + (' (%s)' % ', '.join(limits) if limits and row.get('fuse_sizes') else '')))
     first = report['rows'][0]
     lines.append('images: %d (%d with a satellite, %d without)'
                  % (first['images'], first['positives'], first['negatives']))

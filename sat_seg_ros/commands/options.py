@@ -18,7 +18,7 @@ from sat_seg_ros.config import parse_size_list
 #: ``mode`` (Segmenter.from_model's named mode of the model's sat_seg.json).
 SEGMENTER_FIELDS = ('model_size', 'threshold', 'seed_threshold', 'min_area_px',
                     'max_detections', 'tile_overlap', 'batch_size', 'prompt_mode', 'flips',
-                    'fuse_sizes', 'fuse_gate', 'input_color', 'mode')
+                    'fuse_sizes', 'fuse_gate', 'fuse_max_tiles', 'input_color', 'mode')
 
 
 def size_list(text: str) -> tuple:
@@ -107,6 +107,11 @@ def add_segmenter_arguments(parser: argparse.ArgumentParser,
                             help="with fused sizes, run a further size's tile only where "
                                  "--size's map peaks above this over the tile (0: every tile; "
                                  "default: the model's)")
+    if wanted('fuse_max_tiles'):
+        parser.add_argument('--fuse-max-tiles', type=int, default=None, dest='fuse_max_tiles',
+                            help='with fused sizes, run at most this many of their tiles per '
+                                 "frame, those over --size's highest peaks first (bounds the "
+                                 "worst case; 0: no cap; default: the model's)")
 
 
 def segmenter_options(args: argparse.Namespace) -> Dict[str, Any]:
