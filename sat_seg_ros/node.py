@@ -154,7 +154,11 @@ class SatSegNode(Node):
             self._wake.notify()
 
     def _on_set_parameters(self, parameters: List[Any]) -> SetParametersResult:
-        """Validate run-time changes, then apply threshold, min_area_px and the others."""
+        """Validate run-time changes, then apply threshold, min_area_px and the others.
+
+        The fusion's gate and cap change which tiles the next frame runs (the fused sizes
+        themselves are fixed at start-up).
+        """
         changes = {}
         for parameter in parameters:
             if parameter.name not in node_config.SPECS:
@@ -178,6 +182,14 @@ class SatSegNode(Node):
                 value = changes['max_detections']
                 self.segmenter.set_max_detections(
                     value if value >= 0 else int(info.get('max_detections', 0)))
+            if 'fuse_gate' in changes:
+                value = changes['fuse_gate']
+                self.segmenter.set_fuse_gate(value if value >= 0
+                                             else float(info.get('fuse_gate', 0.0)))
+            if 'fuse_max_tiles' in changes:
+                value = changes['fuse_max_tiles']
+                self.segmenter.set_fuse_max_tiles(value if value >= 0
+                                                  else int(info.get('fuse_max_tiles', 0)))
         except ValueError as error:
             return SetParametersResult(successful=False, reason=str(error))
         if 'overlay_alpha' in changes:

@@ -139,12 +139,14 @@ PARAMETERS: List[ParamSpec] = [
               "With fuse_sizes: a further size's tile runs only where model_size's probability "
               'map peaks above this over the part of the frame the tile covers (fewer tiles; '
               "the calibrated modes chose it on validation); 0: every tile; -1: the model's "
-              'sat_seg.json value (0 when absent).', float_range=(-1.0, 1.0), check=_fuse_gate),
+              'sat_seg.json value (0 when absent). Settable at run time.',
+              read_only=False, float_range=(-1.0, 1.0), check=_fuse_gate),
     ParamSpec('fuse_max_tiles', -1,
               'With fuse_sizes: at most this many tiles of the further sizes run per frame, '
               "those over the highest peaks of model_size's map first (after fuse_gate), so "
               "a frame never costs more than model_size's tiles plus this many; 0: no cap; "
-              "-1: the model's sat_seg.json value (0 when absent).", int_range=(-1, 4096)),
+              "-1: the model's sat_seg.json value (0 when absent). Settable at run time (e.g. "
+              'lower under load).', read_only=False, int_range=(-1, 4096)),
     ParamSpec('threshold', 0.0,
               'Probability threshold of the mask, strictly between 0 and 1; 0.0: the '
               'calibrated threshold in sat_seg.json. Settable at run time.',

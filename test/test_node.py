@@ -253,6 +253,17 @@ def test_parameters_change_the_mask_at_run_time_and_bad_values_are_refused(
     assert client.spin_until(lambda: client.diagnostics.get('max_detections') == '1', 5.0)
     assert not client.set_parameter('max_detections', -2).successful
     assert client.set_parameter('max_detections', -1).successful  # back to the model's (0)
+    # The fusion's gate and cap reach the Segmenter (diagnostics read its config).
+    assert client.set_parameter('fuse_max_tiles', 6).successful
+    assert client.set_parameter('fuse_gate', 0.5).successful
+    assert client.spin_until(lambda: (client.diagnostics.get('fuse_max_tiles'),
+                                      client.diagnostics.get('fuse_gate')) == ('6', '0.50'), 5.0)
+    assert not client.set_parameter('fuse_max_tiles', -3).successful
+    assert not client.set_parameter('fuse_gate', 1.0).successful
+    assert client.set_parameter('fuse_max_tiles', -1).successful  # back to the model's (0)
+    assert client.set_parameter('fuse_gate', -1.0).successful
+    assert client.spin_until(lambda: (client.diagnostics.get('fuse_max_tiles'),
+                                      client.diagnostics.get('fuse_gate')) == ('0', '0.00'), 5.0)
     refused = client.set_parameter('model_path', '/elsewhere')
     assert not refused.successful and 'read-only' in refused.reason.lower()
     assert client.set_parameter('threshold', 0.0).successful  # back to the model's
