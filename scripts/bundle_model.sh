@@ -6,9 +6,9 @@
 # (by_model_size["512+1024"]) and the named modes
 # 'accurate' (64 px tile overlap + four mirrored views at 512; modes["accurate"]) and
 # 'multiscale' (512 fused with 768 and 1024; modes["multiscale"]); the two fusions also
-# choose their fuse_gate (the largest of 0-0.9 that keeps the ungated accuracy), and the
-# mode 'multiscale' is then calibrated again with its fused tiles capped at 9 per frame
-# (fuse_max_tiles: at most 4 + 9 tiles a frame, a bound for real-time budgets); with a
+# choose their fuse_gate (the largest of 0-0.9 that keeps the ungated accuracy), and are
+# then calibrated again with their fused tiles capped (fuse_max_tiles, a bound for real-time
+# budgets: 512 + 1024 at most 4 + 8 tiles a frame, 'multiscale' 4 + 9); with a
 # GRAY_VALIDATION_SET (the gray twins of the validation scenes) also the mode 'gray' (the 512
 # settings chosen on gray frames, for mono cameras; modes["gray"]).
 # The folder is written to OUT; copy it over sat_seg_ros/models/default to ship it.
@@ -35,6 +35,7 @@ common=(--dataset "$val" --max-detections 1 --min-areas 16,64,160)
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --size 2048
 gates=(--fuse-gates 0,0.6,0.7,0.8,0.9)
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024 "${gates[@]}"
+"$SAT_SEG" calibrate --model "$out" "${common[@]}" --fuse-sizes 1024 --fuse-max-tiles 8
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode accurate --tile-overlap 64 --flips 4
 "$SAT_SEG" calibrate --model "$out" "${common[@]}" --mode multiscale --fuse-sizes 768,1024 \
     "${gates[@]}"

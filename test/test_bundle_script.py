@@ -74,6 +74,7 @@ def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, en
                 segmenter.config.min_area_px) == (entry['threshold'], entry['seed_threshold'],
                                                   entry['min_area_px'])
     assert info['by_model_size']['512+1024']['fuse_sizes'] == [1024]
+    assert info['by_model_size']['512+1024']['calibration']['fuse_max_tiles'] == 8
     for entry in (info['by_model_size']['512+1024'], info['modes']['multiscale']):
         swept = entry['calibration']
         assert entry['fuse_gate'] == swept['fuse_gate'] in (0.0, 0.6, 0.7, 0.8, 0.9)
