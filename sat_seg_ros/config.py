@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 import re
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'models' / 'default'
 DEFAULT_THRESHOLD = 0.65
@@ -133,17 +133,23 @@ class SegmenterConfig:
 
 
 def fusion_label(config: SegmenterConfig) -> str:
+    """Return what follows the model size in logs for ``config`` (:func:`describe_fusion`)."""
+    return describe_fusion(config.fuse_sizes, config.fuse_gate, config.fuse_max_tiles)
+
+
+def describe_fusion(fuse_sizes: Sequence[int], fuse_gate: float = 0.0,
+                    fuse_max_tiles: int = 0) -> str:
     """Return what follows the model size in logs, or '' without fused sizes.
 
     E.g. ' + 768 + 1024 (fuse_gate 0.70)', or ' + 768 + 1024 (fuse_gate 0.70, fuse_max_tiles
     12)' with a cap.
     """
-    fused = ''.join(' + %d' % size for size in config.fuse_sizes)
+    fused = ''.join(' + %d' % size for size in fuse_sizes)
     limits = []
-    if config.fuse_gate:
-        limits.append('fuse_gate %.2f' % config.fuse_gate)
-    if config.fuse_max_tiles:
-        limits.append('fuse_max_tiles %d' % config.fuse_max_tiles)
+    if fuse_gate:
+        limits.append('fuse_gate %.2f' % fuse_gate)
+    if fuse_max_tiles:
+        limits.append('fuse_max_tiles %d' % fuse_max_tiles)
     if fused and limits:
         fused += ' (%s)' % ', '.join(limits)
     return fused

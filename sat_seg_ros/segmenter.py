@@ -204,11 +204,10 @@ class Segmenter:
     def fused_tiles(self, base: np.ndarray) -> List[Optional[np.ndarray]]:
         """Return, per fused grid, which of its tiles run, given the model size's map ``base``.
 
-        None for a grid whose tiles all run (no ``fuse_gate`` and no ``fuse_max_tiles``), else
-        a bool per tile. With ``fuse_gate`` a tile runs where ``base`` peaks above the gate
-        over the part of the frame it covers; with ``fuse_max_tiles`` only that many of those
-        run, all fused sizes together, the highest peaks first (ties: the earlier fused size,
-        then the tile order).
+        None for a grid whose tiles all run, else a bool per tile. With ``fuse_gate`` a tile
+        runs where ``base`` peaks above the gate over the part of the frame it covers; with
+        ``fuse_max_tiles`` only that many of those run, all fused sizes together, the highest
+        peaks first (ties: the earlier fused size, then the tile order).
         """
         gate, cap = self.config.fuse_gate, self.config.fuse_max_tiles
         if gate <= 0 and cap <= 0:
@@ -221,7 +220,7 @@ class Segmenter:
             keep = np.zeros(len(candidates), bool)
             keep[np.argsort(-candidates, kind='stable')[:cap]] = True
             runs = np.split(keep, np.cumsum([len(peak) for peak in peaks])[:-1])
-        return runs
+        return [None if run.all() else run for run in runs]
 
     def probability_and_tiles(self, image: np.ndarray,
                               timings: Optional[Dict[str, float]] = None

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from sat_seg_ros.commands.options import add_segmenter_arguments, segmenter_options
+from sat_seg_ros.config import describe_fusion
 from sat_seg_training.calibrate import DEFAULT_SEED_THRESHOLDS, seed_label
 
 HELP = "choose the threshold on validation and store it in the model's sat_seg.json"
@@ -123,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
           'threshold %.3f%s'
           % (result['best_threshold'], seed_label(seed),
              result['min_area_px'], best['accuracy'], best['mean_iou'], result['model_size'],
-             ''.join(' + %d' % size for size in result['fuse_sizes'])
-             + (' (fuse_gate %g)' % result['fuse_gate'] if result['fuse_sizes'] else ''),
+             describe_fusion(result['fuse_sizes'], result['fuse_gate'],
+                             result['fuse_max_tiles']),
              result['flips'],
              result['max_detections'],
              result['images'], result['previous_threshold'],
