@@ -139,17 +139,28 @@ class Segmenter:
         to SAM's three channels during normalisation, a third of the resizing and cutting work.
         With ``input_color`` 'luma' colour frames become gray (their luminance) first.
         """
+        return self._cut(self._pixels(image), self.grid if grid is None else grid)
+
+    def _pixels(self, image: np.ndarray) -> np.ndarray:
+        """Return the frame as the model takes it: float32 0..255, HxW (gray) or HxWx3."""
         check_frame(image)
-        grid = self.grid if grid is None else grid
         pixels = to_float_pixels(image)
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             pixels = pixels[:, :, :3]
-        if pixels.ndim == 3 and pixels.shape[2] == 3 and self.config.input_color == 'luma':
+        if pixels.ndim == 3 and pixels.shape[2] == 1:
+            pixels = pixels[:, :, 0]
+        if pixels.ndim == 3 and self.config.input_color == 'luma':
             pixels = to_luma(pixels)
+        return pixels
+
+    @staticmethod
+    def _cut(pixels: np.ndarray, grid: TileGrid, run: Optional[np.ndarray] = None
+             ) -> np.ndarray:
+        """Cut ``grid``'s tiles of the frame's ``pixels`` (only those where ``run``, if given)."""
         resized = resize(pixels, grid.height, grid.width)
         if resized.ndim == 2:
             resized = resized[:, :, None]
-        return grid.cut(resized)
+        return grid.cut(resized, run)
 
     def tile_logits(self, tiles: np.ndarray) -> np.ndarray:
         """Run every tile through the backend in batches of ``batch_size``: (N, t, t) logits."""
@@ -229,12 +240,15 @@ class Segmenter:
         timings = {} if timings is None else timings
         for stage in ('preprocess', 'model', 'stitch'):
             timings[stage] = 0.0
-        base, count = self._size_map(image, self.grid, None, None, timings)
+        start = time.perf_counter()
+        pixels = self._pixels(image)  # once for every size
+        timings['preprocess'] += time.perf_counter() - start
+        base, count = self._size_map(pixels, self.grid, None, None, timings)
         if not self.fuse_grids:
             return base, count
         maps = [base]
         for grid, run in zip(self.fuse_grids, self.fused_tiles(base)):
-            fused, ran = self._size_map(image, grid, run, base, timings)
+            fused, ran = self._size_map(pixels, grid, run, base, timings)
             maps.append(fused)
             count += ran
         start = time.perf_counter()
@@ -242,16 +256,17 @@ class Segmenter:
         timings['stitch'] += time.perf_counter() - start
         return probability, count
 
-    def _size_map(self, image: np.ndarray, grid: TileGrid, run: Optional[np.ndarray],
+    def _size_map(self, pixels: np.ndarray, grid: TileGrid, run: Optional[np.ndarray],
                   base: Optional[np.ndarray], timings: Dict[str, float]
                   ) -> Tuple[np.ndarray, int]:
         """Return ``grid``'s map at the frame's resolution and how many tiles ran for it.
 
-        ``run`` (None: every tile) says which tiles run; the others take ``base``'s values.
+        ``pixels`` is the frame from :meth:`_pixels`. ``run`` (None: every tile) says which
+        tiles run, and only those are cut; the others take ``base``'s values.
         """
-        height, width = image.shape[:2]
+        height, width = pixels.shape[:2]
         start = time.perf_counter()
-        tiles = self.model_tiles(image, grid)
+        tiles = self._cut(pixels, grid, run)
         tiled = time.perf_counter()
         if run is None:
             probabilities = self.tile_probabilities(tiles)
@@ -259,15 +274,15 @@ class Segmenter:
             # Tiles left out take the model size's map: the mean there is that map.
             probabilities = grid.cut(resize(base, grid.height, grid.width,
                                             interpolation=cv2.INTER_LINEAR))
-            if run.any():
-                probabilities[run] = self.tile_probabilities(tiles[run])
+            if len(tiles):
+                probabilities[run] = self.tile_probabilities(tiles)
         inferred = time.perf_counter()
         size_map = resize(grid.stitch(probabilities), height, width,
                           interpolation=cv2.INTER_LINEAR)
         timings['preprocess'] += tiled - start
         timings['model'] += inferred - tiled
         timings['stitch'] += time.perf_counter() - inferred
-        return size_map, len(tiles) if run is None else int(run.sum())
+        return size_map, len(tiles)
 
     def segment(self, image: np.ndarray) -> Result:
         """Segment one frame: HxW or HxWx{1,3,4}, uint8 / uint16 / bool / float in [0, 1]."""

@@ -5,7 +5,7 @@ Images are HxW (grayscale) or HxWxC (channels last). Tiles are (N, t, t) or (N, 
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -115,12 +115,14 @@ class TileGrid:
             for y in tile_starts(self.height, self.tile_size, self.overlap)
             for x in tile_starts(self.width, self.tile_size, self.overlap)]
         self._weight = self._blend_weight()
-        # Tiles that cover every pixel once with unit weight (the usual case: no overlap, a
-        # size that the tiles divide) are placed as they are; the blend would give the same.
-        coverage = np.zeros((max(self.height, tile_size), max(self.width, tile_size)), np.int32)
+        self._unit = bool((self._weight == 1).all())
+        # Each pixel's summed weight; tiles that cover every pixel once with unit weight (no
+        # overlap, a size that the tiles divide) are placed as they are, the blend's result.
+        total = np.zeros((max(self.height, tile_size), max(self.width, tile_size)), np.float32)
         for y, x in self.origins:
-            coverage[y:y + tile_size, x:x + tile_size] += 1
-        self._disjoint = bool((coverage == 1).all() and (self._weight == 1).all())
+            total[y:y + tile_size, x:x + tile_size] += self._weight
+        self._disjoint = bool(self._unit and (total == 1).all())
+        self._inverse = np.float32(1.0) / total
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -133,9 +135,10 @@ class TileGrid:
             ramp[-self.overlap:] = np.minimum(ramp[-self.overlap:], edge[::-1])
         return np.outer(ramp, ramp)
 
-    def cut(self, image: np.ndarray) -> np.ndarray:
+    def cut(self, image: np.ndarray, indices: Optional[Sequence[int]] = None) -> np.ndarray:
         """Return the tiles of ``image`` (HxW or HxWxC, this grid's size) as (N, t, t[, C]).
 
+        ``indices`` (a sequence of tile numbers, or a bool per tile) cuts only those tiles.
         Where the image is smaller than a tile, the tile is zero-padded at the bottom/right.
         """
         if image.shape[:2] != (self.height, self.width):
@@ -147,24 +150,35 @@ class TileGrid:
         if pad_h or pad_w:
             pad = ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2)
             image = np.pad(image, pad)
-        return np.stack([image[y:y + t, x:x + t] for y, x in self.origins])
+        origins = self.origins
+        if indices is not None:
+            indices = np.asarray(indices)
+            if indices.dtype == np.bool_:
+                indices = np.flatnonzero(indices)
+            origins = [self.origins[index] for index in indices]
+        if not origins:
+            return np.empty((0, t, t) + image.shape[2:], image.dtype)
+        return np.stack([image[y:y + t, x:x + t] for y, x in origins])
 
     def stitch(self, tiles: np.ndarray) -> np.ndarray:
-        """Blend (N, t, t) per-tile values into one float32 (height, width) map."""
+        """Blend (N, t, t) per-tile values into one float32 (height, width) map.
+
+        Each pixel is the weighted mean of the tiles over it (unit weights without overlap).
+        """
         t = self.tile_size
         if tiles.shape != (len(self.origins), t, t):
             raise ValueError('expected tiles of shape %s, got %s'
                              % ((len(self.origins), t, t), tiles.shape))
-        full_h = max(self.height, t)
-        full_w = max(self.width, t)
         if self._disjoint:
-            placed = np.empty((full_h, full_w), np.float32)
+            placed = np.empty(self._inverse.shape, np.float32)
             for (y, x), tile in zip(self.origins, tiles):
                 placed[y:y + t, x:x + t] = tile
             return np.ascontiguousarray(placed[:self.height, :self.width])
-        total = np.zeros((full_h, full_w), np.float64)
-        weight = np.zeros((full_h, full_w), np.float64)
+        total = np.zeros(self._inverse.shape, np.float32)
         for (y, x), tile in zip(self.origins, tiles):
-            total[y:y + t, x:x + t] += tile * self._weight
-            weight[y:y + t, x:x + t] += self._weight
-        return (total / weight)[:self.height, :self.width].astype(np.float32)
+            if self._unit:
+                total[y:y + t, x:x + t] += tile
+            else:
+                total[y:y + t, x:x + t] += tile * self._weight
+        total *= self._inverse
+        return np.ascontiguousarray(total[:self.height, :self.width])

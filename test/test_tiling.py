@@ -54,6 +54,44 @@ def test_overlap_blending_hides_seams():
     assert (np.diff(row) >= 0).all() and np.diff(row).max() < 0.2
 
 
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(1, 300), width=st.integers(1, 300), tile=st.sampled_from([32, 64]),
+       overlap_frac=st.floats(0, 0.45), seed=st.integers(0, 2**16))
+def test_stitch_is_the_weighted_mean_of_the_tiles_over_each_pixel(height, width, tile,
+                                                                  overlap_frac, seed):
+    # Tiles that disagree (not cut from one image), against the mean written out pixel by pixel.
+    grid = TileGrid(height, width, tile, int(tile * overlap_frac))
+    tiles = np.random.default_rng(seed).random((len(grid), tile, tile)).astype(np.float32)
+    ramp = np.ones(tile)
+    if grid.overlap:
+        edge = np.arange(1, grid.overlap + 1) / (grid.overlap + 1)
+        ramp[:grid.overlap] = edge
+        ramp[-grid.overlap:] = np.minimum(ramp[-grid.overlap:], edge[::-1])
+    weight = np.outer(ramp, ramp)
+    total = np.zeros((max(height, tile), max(width, tile)))
+    norm = np.zeros_like(total)
+    for (y, x), values in zip(grid.origins, tiles):
+        total[y:y + tile, x:x + tile] += values * weight
+        norm[y:y + tile, x:x + tile] += weight
+    stitched = grid.stitch(tiles)
+    assert stitched.dtype == np.float32 and stitched.flags['C_CONTIGUOUS']
+    np.testing.assert_allclose(stitched, (total / norm)[:height, :width], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('channels', [(), (3,)])
+def test_cut_some_tiles(channels):
+    image = np.random.default_rng(2).random((100, 150) + channels).astype(np.float32)
+    grid = TileGrid(100, 150, 64, 8)
+    every = grid.cut(image)
+    assert len(every) == 6
+    np.testing.assert_array_equal(grid.cut(image, [4, 1]), every[[4, 1]])
+    run = np.array([True, False, False, True, False, True])
+    np.testing.assert_array_equal(grid.cut(image, run), every[run])
+    assert grid.cut(image, np.zeros(6, bool)).shape == (0, 64, 64) + channels
+    small = TileGrid(20, 30, 32)  # padded tiles too
+    np.testing.assert_array_equal(small.cut(image[:20, :30], [0]), small.cut(image[:20, :30]))
+
+
 def test_stitch_rejects_wrong_tile_count():
     grid = TileGrid(512, 512, 256)
     with pytest.raises(ValueError, match='expected tiles of shape'):
