@@ -2,8 +2,8 @@
 
 Every setting segments the same frames in turn (interleaved, so a busy CPU slows them alike).
 The table gives milliseconds per frame for each stage of ``Segmenter.segment`` (preprocess:
-pixel conversion, resize and cutting; model: the backend, and for a gated size the model
-size's map under the tiles left out; stitch: blending, resizing back and averaging the sizes;
+pixel conversion, resize and cutting; model: the backend; stitch: blending, resizing back,
+the model size's map under a gated size's tiles left out, and averaging the sizes;
 postprocess: threshold and components), the CPU side (everything but the backend's stage) and
 tiles per frame. On a GPU the model stage shrinks and the CPU side is most of a frame.
 

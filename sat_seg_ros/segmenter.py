@@ -268,15 +268,16 @@ class Segmenter:
         start = time.perf_counter()
         tiles = self._cut(pixels, grid, run)
         tiled = time.perf_counter()
+        ran = self.tile_probabilities(tiles) if len(tiles) else None
+        inferred = time.perf_counter()
         if run is None:
-            probabilities = self.tile_probabilities(tiles)
+            probabilities = ran
         else:
             # Tiles left out take the model size's map: the mean there is that map.
             probabilities = grid.cut(resize(base, grid.height, grid.width,
                                             interpolation=cv2.INTER_LINEAR))
-            if len(tiles):
-                probabilities[run] = self.tile_probabilities(tiles)
-        inferred = time.perf_counter()
+            if ran is not None:
+                probabilities[run] = ran
         size_map = resize(grid.stitch(probabilities), height, width,
                           interpolation=cv2.INTER_LINEAR)
         timings['preprocess'] += tiled - start
