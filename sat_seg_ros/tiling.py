@@ -122,7 +122,8 @@ class TileGrid:
         for y, x in self.origins:
             total[y:y + tile_size, x:x + tile_size] += self._weight
         self._disjoint = bool(self._unit and (total == 1).all())
-        self._inverse = np.float32(1.0) / total
+        self._shape = total.shape
+        self._inverse = None if self._disjoint else np.float32(1.0) / total
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -170,15 +171,16 @@ class TileGrid:
             raise ValueError('expected tiles of shape %s, got %s'
                              % ((len(self.origins), t, t), tiles.shape))
         if self._disjoint:
-            placed = np.empty(self._inverse.shape, np.float32)
+            placed = np.empty(self._shape, np.float32)
             for (y, x), tile in zip(self.origins, tiles):
                 placed[y:y + t, x:x + t] = tile
             return np.ascontiguousarray(placed[:self.height, :self.width])
-        total = np.zeros(self._inverse.shape, np.float32)
+        total = np.zeros(self._shape, np.float32)
         for (y, x), tile in zip(self.origins, tiles):
             if self._unit:
                 total[y:y + t, x:x + t] += tile
             else:
                 total[y:y + t, x:x + t] += tile * self._weight
-        total *= self._inverse
+        if self._inverse is not None:  # None: every pixel's weights sum to 1
+            total *= self._inverse
         return np.ascontiguousarray(total[:self.height, :self.width])
