@@ -98,6 +98,11 @@ class Segmenter:
         values = {name: info[name] for name in fields if name in info}
         values.update({name: value for name, value in overrides.items() if value is not None})
         config = SegmenterConfig(**values).resolved(info)
+        idle = [name for name in ('fuse_gate', 'fuse_max_tiles') if overrides.get(name)]
+        if idle and not config.fuse_sizes:
+            LOG.warning('%s given, but no further model size is fused at model size %d (set '
+                        'fuse_sizes, or pick a mode that fuses): it has no effect',
+                        ' and '.join(idle), config.model_size)
         runtime = create_backend(backend, model_dir, device=device,
                                  prompt_mode=config.prompt_mode, grid_points=config.grid_points,
                                  **(backend_options or {}))

@@ -509,3 +509,16 @@ def test_a_model_warning_is_logged_at_load(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='sat_seg_ros.segmenter'):
         Segmenter.from_model(path)
     assert 'trained for 5 minutes only' in caplog.text
+
+
+def test_a_fusion_limit_without_fused_sizes_is_warned_about(tiny_model_dir, caplog):
+    with caplog.at_level('WARNING', logger='sat_seg_ros.segmenter'):
+        Segmenter.from_model(tiny_model_dir, model_size=256, fuse_max_tiles=3)
+    assert 'fuse_max_tiles given, but no further model size is fused at model size 256' in (
+        caplog.text)
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='sat_seg_ros.segmenter'):
+        Segmenter.from_model(tiny_model_dir, model_size=256, fuse_sizes=(512,), fuse_gate=0.5,
+                             fuse_max_tiles=3)
+        Segmenter.from_model(tiny_model_dir, model_size=256, fuse_gate=0, fuse_max_tiles=0)
+    assert 'no further model size is fused' not in caplog.text
