@@ -112,7 +112,9 @@ def test_breakdown_by_satellite_size_and_background(tiny_model_dir, tmp_path):
     assert table['background', 'not recorded']['images'] == 1
     assert table['background, satellite', 'photograph, no']['images'] == 1
     outcomes = {f['file_name']: f for f in report['failures'][256]}
-    for group in ('satellite size', 'background', 'background, satellite'):
+    assert [key[1] for key in table if key[0] == 'visibility'][0] == 'no satellite'
+    assert table['visibility', 'no satellite']['images'] == 2
+    for group in ('satellite size', 'visibility', 'background', 'background, satellite'):
         entries = [e for e in row['breakdown'] if e['group'] == group]
         assert sum(e['images'] for e in entries) == row['images']
         weighted = sum(e['accuracy'] * e['images'] for e in entries) / row['images']
@@ -120,8 +122,40 @@ def test_breakdown_by_satellite_size_and_background(tiny_model_dir, tmp_path):
     for name, found in outcomes.items():
         if name in sides:
             assert found['size_px'] == max(sides[name])
+            assert found['visibility'] < 1  # uniform noise on both sides of the mask
     assert 'background, satellite' in format_table(report, strata=True)
     assert 'background, satellite' not in format_table(report)  # the table alone by default
+
+
+def test_visibility_is_the_luminance_step_over_the_rings_spread():
+    """A satellite's visibility: its luminance against its surroundings', not its colour."""
+    from sat_seg_training.evaluate import (satellite_visibility, VISIBILITY_NOISE,
+                                           visibility_stratum)
+
+    mask = np.zeros((120, 160), bool)
+    mask[40:70, 50:90] = True
+    flat = np.full(mask.shape, 100, np.uint8)
+    flat[mask] = 130
+    assert satellite_visibility(flat, mask) == pytest.approx(30 / VISIBILITY_NOISE)
+    assert satellite_visibility(255 - flat, mask) == pytest.approx(30 / VISIBILITY_NOISE)
+
+    rng = np.random.default_rng(3)
+    noisy = np.clip(100 + rng.normal(0, 10, mask.shape), 0, 255)
+    noisy[mask] += 20
+    assert satellite_visibility(noisy.astype(np.uint8), mask) == pytest.approx(
+        20 / (10 + VISIBILITY_NOISE), rel=0.1)
+
+    colour = np.full(mask.shape + (3,), 100, np.uint8)
+    colour[mask] = (200, 49, 100)  # red-purple of the ground's luminance (Rec. 601: 99.96)
+    assert satellite_visibility(colour, mask) < 0.05
+    assert satellite_visibility(flat.astype(np.float32) / 255, mask) == pytest.approx(
+        30 / VISIBILITY_NOISE, rel=0.02)  # float frames in [0, 1] too
+
+    assert satellite_visibility(flat, np.zeros(mask.shape, bool)) is None
+    assert satellite_visibility(flat, np.ones(mask.shape, bool)) is None  # no ring left
+    assert [visibility_stratum(v) for v in (0.3, 1.0, 2.5, 3.0, 40.0, None)] == [
+        '< 1 sd', '1-2 sd', '2-3 sd', '>= 3 sd', '>= 3 sd', 'not measured']
+    assert visibility_stratum(None, positive=False) == 'no satellite'
 
 
 def test_a_satellite_without_a_mask_is_refused_and_skipped_with_reasons(tmp_path):

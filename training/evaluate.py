@@ -3,8 +3,9 @@
 Per model size: accuracy (IoU > 0.5; an empty prediction on an image without a satellite is
 correct), mean IoU over images with a satellite, image-level detection precision / recall,
 mean seconds per image (the Segmenter's total, frame in -> mask out) and the machine; then the
-accuracy broken down by satellite size and, for `sat-seg synth` scenes, by background
-(photograph or procedural), which says where a model fails. The report lists the images
+accuracy broken down by satellite size, by the satellite's visibility (how far its luminance
+stands out of its surroundings) and, for `sat-seg synth` scenes, by background (photograph or
+procedural), which says where a model fails. The report lists the images
 scored (``images``) and each size's failures, which ``sat-seg compare`` pairs between two models.
 """
 
@@ -36,15 +37,66 @@ class ImageOutcome:
     detected: bool
     size_px: Optional[int] = None  # the longer side of the true mask's box, frame pixels
     background: Optional[str] = None  # 'photograph' / 'procedural' for synth scenes
+    visibility: Optional[float] = None  # satellite_visibility of the frame the model saw
 
 
 SIZE_EDGES_PX = (20, 40, 80, 160)  # satellite-size strata of the breakdown
+VISIBILITY_EDGES = (1, 2, 3)  # visibility strata of the breakdown (ring standard deviations)
+VISIBILITY_NOISE = 2.0  # gray levels added to the ring's spread: a flat ring is not infinite
 
 
 def satellite_size_px(truth: np.ndarray) -> Optional[int]:
     """Return the longer side of the box around the true mask's pixels (None: no satellite)."""
     box = mask_bbox(truth)
     return None if box is None else max(box[2], box[3])
+
+
+def satellite_visibility(image: np.ndarray, truth: np.ndarray) -> Optional[float]:
+    """Return how far the satellite stands out of its surroundings in luminance (None: none).
+
+    |mean luminance on the true mask - mean luminance of a ring around it| divided by the
+    ring's standard deviation plus VISIBILITY_NOISE gray levels (Rec. 601 luminance, 0-255;
+    any supported frame). The ring runs from 2 px outside the mask to a third of the
+    satellite's size (at least 4 px), within the frame. Colour does not count: a satellite
+    that differs from the ground only in hue has a visibility near 0, which is what a gray
+    camera sees of it.
+    """
+    import cv2
+
+    from sat_seg_ros.tiling import to_float_rgb, to_luma
+
+    box = mask_bbox(truth)
+    if box is None:
+        return None
+    x, y, width, height = box
+    radius = max(4, max(width, height) // 3)
+    # Only the window the ring can reach: a large satellite's dilation stays cheap.
+    rows = slice(max(0, y - radius - 1), y + height + radius + 1)
+    columns = slice(max(0, x - radius - 1), x + width + radius + 1)
+    luma = to_luma(to_float_rgb(image[rows, columns]))
+    truth = truth[rows, columns]
+    mask = truth.astype(np.uint8)
+    inner = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
+    outer = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                       (2 * radius + 1, 2 * radius + 1))) > 0
+    ring = luma[outer & ~inner]
+    if ring.size == 0:  # the satellite fills the frame
+        return None
+    return float(abs(luma[truth].mean() - ring.mean()) / (ring.std() + VISIBILITY_NOISE))
+
+
+def visibility_stratum(visibility: Optional[float], positive: bool = True) -> str:
+    """Return the breakdown's label for ``visibility`` (``positive`` False: no satellite)."""
+    if not positive:
+        return 'no satellite'
+    if visibility is None:
+        return 'not measured'
+    low = 0
+    for edge in VISIBILITY_EDGES:
+        if visibility < edge:
+            return '%d-%d sd' % (low, edge) if low else '< %d sd' % edge
+        low = edge
+    return '>= %d sd' % low
 
 
 def background_kind(extra: Dict[str, Any]) -> Optional[str]:
@@ -71,17 +123,20 @@ def size_stratum(size_px: Optional[int]) -> str:
 def breakdown(outcomes: Sequence[ImageOutcome]) -> List[Dict[str, Any]]:
     """Return accuracy (and mean IoU of those with a satellite) per stratum of each grouping.
 
-    Groupings: satellite size (every dataset with masks); background, then background x
-    satellite present, where the dataset records how each scene was made. Strata with no
-    image are left out; the images of a grouping add up to all images.
+    Groupings: satellite size and visibility (every dataset with masks); background, then
+    background x satellite present, where the dataset records how each scene was made.
+    Strata with no image are left out; the images of a grouping add up to all images.
     """
-    groups = [('satellite size', lambda o: size_stratum(o.size_px))]
+    groups = [('satellite size', lambda o: size_stratum(o.size_px)),
+              ('visibility', lambda o: visibility_stratum(o.visibility, o.positive))]
     if any(o.background for o in outcomes):
         groups += [('background', lambda o: o.background or 'not recorded'),
                    ('background, satellite', lambda o: '%s, %s' % (
                        o.background or 'not recorded', 'yes' if o.positive else 'no'))]
     order = [size_stratum(None)] + [size_stratum(edge - 1) for edge in SIZE_EDGES_PX] + [
         size_stratum(SIZE_EDGES_PX[-1])]
+    order += [visibility_stratum(edge - 0.5) for edge in VISIBILITY_EDGES] + [
+        visibility_stratum(VISIBILITY_EDGES[-1])]
     table = []
     for group, key in groups:
         strata: Dict[str, List[ImageOutcome]] = {}
@@ -149,6 +204,7 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
     rows: List[Dict[str, Any]] = []
     outcomes: Dict[int, List[ImageOutcome]] = {}
     predictions: Dict[str, np.ndarray] = {}
+    visibility: Dict[str, Optional[float]] = {}
     for size in sizes:
         segmenter = Segmenter.from_model(model_dir, backend=backend, device=device,
                                          **dict(overrides, model_size=int(size)))
@@ -164,9 +220,12 @@ def evaluate(dataset_dir: os.PathLike | str, model_dir: Optional[str] = None,
             tiles.append(result.tiles)
             pairs.append((result.mask, truth))
             value = metrics.iou(result.mask, truth)
+            if record.file_name not in visibility:  # the same frame at every size
+                visibility[record.file_name] = satellite_visibility(image, truth)
             results.append(ImageOutcome(record.file_name, value, value > metrics.IOU_CORRECT,
                                         bool(truth.any()), result.detected,
-                                        satellite_size_px(truth), background_kind(record.extra)))
+                                        satellite_size_px(truth), background_kind(record.extra),
+                                        visibility[record.file_name]))
             if size == sizes[0] and gallery is not None and value <= metrics.IOU_CORRECT:
                 predictions[record.file_name] = result.mask
         summary = metrics.summarize(pairs)

@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'per image, mean luminance kept), warm (R^0.8, G, B^1.3), gray '
                              '(Rec. 601 luminance)')
     parser.add_argument('--strata', action='store_true',
-                        help="also print each size's accuracy by satellite size and, for "
-                             'sat-seg synth scenes, by background (always in --json)')
+                        help="also print each size's accuracy by satellite size, by its "
+                             "visibility (luminance step over its surroundings' spread) and, "
+                             'for sat-seg synth scenes, by background (always in --json)')
 
 
 def run(args: argparse.Namespace) -> int:
