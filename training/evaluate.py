@@ -91,12 +91,7 @@ def visibility_stratum(visibility: Optional[float], positive: bool = True) -> st
         return 'no satellite'
     if visibility is None:
         return 'not measured'
-    low = 0
-    for edge in VISIBILITY_EDGES:
-        if visibility < edge:
-            return '%d-%d sd' % (low, edge) if low else '< %d sd' % edge
-        low = edge
-    return '>= %d sd' % low
+    return _interval(visibility, VISIBILITY_EDGES, 'sd')
 
 
 def background_kind(extra: Dict[str, Any]) -> Optional[str]:
@@ -112,12 +107,17 @@ def size_stratum(size_px: Optional[int]) -> str:
     """Return the breakdown's label for a satellite of ``size_px`` (None: no satellite)."""
     if size_px is None:
         return 'no satellite'
+    return _interval(size_px, SIZE_EDGES_PX, 'px')
+
+
+def _interval(value: float, edges: Sequence[int], unit: str) -> str:
+    """Return the label of the interval between ``edges`` (from 0 up) that holds ``value``."""
     low = 0
-    for edge in SIZE_EDGES_PX:
-        if size_px < edge:
-            return '%d-%d px' % (low, edge) if low else '< %d px' % edge
+    for edge in edges:
+        if value < edge:
+            return '%d-%d %s' % (low, edge, unit) if low else '< %d %s' % (edge, unit)
         low = edge
-    return '>= %d px' % low
+    return '>= %d %s' % (low, unit)
 
 
 def breakdown(outcomes: Sequence[ImageOutcome]) -> List[Dict[str, Any]]:
