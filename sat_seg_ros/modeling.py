@@ -2,7 +2,9 @@
 
 The NanoSAM / MobileSAM idea at this package's scale: a small ResNet-style encoder (BatchNorm,
 residual stages at strides 8, 16 and 32, fused top-down into stride-8 embeddings) replaces
-SAM's ViT, and ``transformers``' own ``SamPromptEncoder`` and ``SamMaskDecoder`` do the rest. A
+SAM's ViT, and ``transformers``' own ``SamPromptEncoder`` and ``SamMaskDecoder`` do the rest
+(with ``fine_mask``, :class:`FineMaskDecoder`: SAM's decoder plus the encoder's stride-2 mask
+features). A
 256 tile gives 32x32 image embeddings, so the mask decoder's low-res output is 128x128 (one mask
 pixel per 2x2 tile pixels).
 
@@ -17,6 +19,7 @@ Imports torch and transformers: only the torch backend and the offline tools use
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -48,7 +51,8 @@ class CnnEncoderConfig(PretrainedConfig):
                  stage_channels: Sequence[int] = (64, 96, 128),
                  stage_blocks: Sequence[int] = (2, 2, 2), fuse_channels: int = 64,
                  output_channels: int = 64, scale: float = 1.0, stem_blocks: int = 0,
-                 fine_lateral: bool = False, fuse_blocks: int = 0, **kwargs) -> None:
+                 fine_lateral: bool = False, fuse_blocks: int = 0, fine_mask: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if image_size % 32:
             raise ValueError('image_size=%d must be a multiple of 32 (stride-32 stage)'
@@ -66,6 +70,7 @@ class CnnEncoderConfig(PretrainedConfig):
         self.stem_blocks = int(stem_blocks)
         self.fuse_blocks = int(fuse_blocks)
         self.fine_lateral = bool(fine_lateral)
+        self.fine_mask = bool(fine_mask)
         self.fuse_channels = int(fuse_channels)
         self.output_channels = int(output_channels)
         self.patch_size = EMBEDDING_STRIDE  # what SAM calls the embedding grid's stride
@@ -141,6 +146,17 @@ class ResidualBlock(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
+@dataclasses.dataclass
+class CnnEncoderOutput(SamVisionEncoderOutput):
+    """SAM's encoder output plus, with ``fine_mask``, the stride-2 mask features.
+
+    mask_features (N, output_channels / 8, S/2, S/2): what :class:`FineMaskDecoder` adds to
+    the mask decoder's upscaled embedding. None without ``fine_mask``.
+    """
+
+    mask_features: Optional[torch.Tensor] = None
+
+
 class CnnImageEncoder(nn.Module):
     """pixel_values (N, C, S, S) -> image embeddings (N, output_channels, S/8, S/8).
 
@@ -150,8 +166,12 @@ class CnnImageEncoder(nn.Module):
     whole tile. With ``fine_lateral`` the stride-4 features also enter the fusion (a strided 3x3
     projection), so detail that the stride-8 stage averages away, a small satellite's, reaches
     the embedding directly. ``fuse_blocks`` residual blocks after the fusion mix the scales
-    non-linearly (without them, one 3x3 conv follows their linear sum). Returns a
-    ``SamVisionEncoderOutput`` like SAM's ViT.
+    non-linearly (without them, one 3x3 conv follows their linear sum). With ``fine_mask``
+    the stride-4 features also go, through a 3x3 conv and a 2x2 transposed conv, to stride-2
+    mask features for :class:`FineMaskDecoder` (the HQ-SAM idea at this scale): SAM's decoder
+    draws each embedding cell's 4x4 block of mask pixels from that one cell (two stride-2
+    transposed convs), so without them a satellite of a few cells is drawn from a few
+    vectors. Returns a :class:`CnnEncoderOutput`, a ``SamVisionEncoderOutput`` like SAM's ViT.
     """
 
     def __init__(self, config: CnnEncoderConfig) -> None:
@@ -178,8 +198,13 @@ class CnnImageEncoder(nn.Module):
         self.fuse_blocks = nn.Sequential(*(ResidualBlock(fuse, fuse)
                                            for _ in range(config.fuse_blocks)))
         self.neck = nn.Conv2d(fuse, config.output_channels, 1)
+        middle = max(4, c1 // 4)
+        self.mask_features = (nn.Sequential(
+            ConvNormAct(c1, middle, 3),
+            nn.ConvTranspose2d(middle, config.output_channels // 8, kernel_size=2, stride=2))
+            if config.fine_mask else None)
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SamVisionEncoderOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> CnnEncoderOutput:
         fine = x = self.stem_blocks(self.stem(pixel_values))
         features = []
         for stage in self.stages:
@@ -191,8 +216,64 @@ class CnnImageEncoder(nn.Module):
             fused = fused + self.lateral[level](features[level])
         if self.fine_lateral is not None:
             fused = fused + self.fine_lateral(fine)
-        return SamVisionEncoderOutput(
-            last_hidden_state=self.neck(self.fuse_blocks(self.fuse(fused))))
+        return CnnEncoderOutput(
+            last_hidden_state=self.neck(self.fuse_blocks(self.fuse(fused))),
+            mask_features=None if self.mask_features is None else self.mask_features(fine))
+
+
+class FineMaskDecoder(SamMaskDecoder):
+    """SAM's mask decoder, its upscaled embedding summed with the encoder's mask features.
+
+    The same weights and computation as ``SamMaskDecoder`` (a state dict loads either way,
+    less ``mask_features``' own weights, which the encoder holds), except that
+    ``mask_features`` (N, hidden/8, 4e, 4e) join the second transposed conv's output before
+    its activation: GELU(upscale_conv2(x) + mask_features). Zero features give SAM's output.
+    """
+
+    def forward(self, image_embeddings: torch.Tensor, image_positional_embeddings: torch.Tensor,
+                sparse_prompt_embeddings: Optional[torch.Tensor],
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
+                attention_similarity: Optional[torch.Tensor] = None,
+                target_embedding: Optional[torch.Tensor] = None,
+                mask_features: Optional[torch.Tensor] = None):
+        if mask_features is None:
+            raise ValueError("this mask decoder needs the encoder's mask_features "
+                             '(CnnEncoderOutput.mask_features)')
+        batch, channels, height, width = image_embeddings.shape
+        points = 1 if sparse_prompt_embeddings is None else sparse_prompt_embeddings.shape[1]
+        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = tokens.repeat(batch, points, 1, 1)
+        if sparse_prompt_embeddings is not None:
+            tokens = torch.cat((tokens, sparse_prompt_embeddings), dim=2)
+        tokens = tokens.to(self.iou_token.weight.dtype)
+        embeddings = (image_embeddings + dense_prompt_embeddings).repeat_interleave(points, 0)
+        position = image_positional_embeddings.repeat_interleave(points, 0)
+        tokens, embeddings = self.transformer(
+            point_embeddings=tokens, image_embeddings=embeddings,
+            image_positional_embeddings=position, attention_similarity=attention_similarity,
+            target_embedding=target_embedding)
+        iou_token, mask_tokens = tokens[:, :, 0, :], tokens[:, :, 1:1 + self.num_mask_tokens, :]
+        embeddings = embeddings.transpose(2, 3).reshape(batch * points, channels, height, width)
+        upscaled = self.activation(self.upscale_layer_norm(self.upscale_conv1(embeddings)))
+        upscaled = self.activation(self.upscale_conv2(upscaled)
+                                   + mask_features.repeat_interleave(points, 0))
+        hyper = torch.stack([mlp(mask_tokens[:, :, i, :]) for i, mlp in
+                             enumerate(self.output_hypernetworks_mlps)], dim=2)
+        _, channels, height, width = upscaled.shape
+        upscaled = upscaled.reshape(batch, points, channels, height * width)
+        masks = (hyper @ upscaled).reshape(batch, points, -1, height, width)
+        iou = self.iou_prediction_head(iou_token)
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, :, keep], iou[:, :, keep]
+
+
+def decoder_inputs(encoder_output) -> dict:
+    """Return the mask decoder's image inputs from an encoder's output, as keyword arguments."""
+    features = getattr(encoder_output, 'mask_features', None)
+    inputs = {'image_embeddings': encoder_output.last_hidden_state}
+    if features is not None:
+        inputs['mask_features'] = features
+    return inputs
 
 
 class CnnSamPreTrainedModel(PreTrainedModel):
@@ -230,7 +311,8 @@ class CnnSamModel(CnnSamPreTrainedModel):
         self.vision_encoder = CnnImageEncoder(config.vision_config)
         self.prompt_encoder = SamPromptEncoder(config)
         config.mask_decoder_config._attn_implementation = 'eager'
-        self.mask_decoder = SamMaskDecoder(config.mask_decoder_config)
+        decoder = FineMaskDecoder if config.vision_config.fine_mask else SamMaskDecoder
+        self.mask_decoder = decoder(config.mask_decoder_config)
         self.post_init()
 
     # SamModel's own code, which reads only ``config.prompt_encoder_config`` and the shared
@@ -242,18 +324,39 @@ class CnnSamModel(CnnSamPreTrainedModel):
         """Return the image embeddings (N, hidden, S/8, S/8) of pre-processed pixels."""
         return self.vision_encoder(pixel_values).last_hidden_state
 
+    @torch.no_grad()
+    def get_image_features(self, pixel_values: torch.Tensor) -> dict:
+        """Return what :meth:`forward` takes instead of pixels, as keyword arguments.
+
+        ``image_embeddings`` and, with ``fine_mask``, ``mask_features``.
+        """
+        return decoder_inputs(self.vision_encoder(pixel_values))
+
     def forward(self, pixel_values: Optional[torch.Tensor] = None,
                 input_points: Optional[torch.Tensor] = None,
                 input_labels: Optional[torch.Tensor] = None,
                 input_boxes: Optional[torch.Tensor] = None,
                 input_masks: Optional[torch.Tensor] = None,
                 image_embeddings: Optional[torch.Tensor] = None,
-                multimask_output: bool = True, **kwargs) -> SamImageSegmentationOutput:
-        """SamModel.forward's contract: pred_masks (N, P, M, m, m), iou_scores (N, P, M)."""
+                multimask_output: bool = True, mask_features: Optional[torch.Tensor] = None,
+                **kwargs) -> SamImageSegmentationOutput:
+        """SamModel.forward's contract: pred_masks (N, P, M, m, m), iou_scores (N, P, M).
+
+        A model with ``fine_mask`` given ``image_embeddings`` needs their ``mask_features``
+        too (:meth:`get_image_features`).
+        """
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError('pass exactly one of pixel_values and image_embeddings')
         if image_embeddings is None:
-            image_embeddings = self.vision_encoder(pixel_values).last_hidden_state
+            encoded = self.vision_encoder(pixel_values)
+            image_embeddings, mask_features = encoded.last_hidden_state, encoded.mask_features
+        fine = {}
+        if self.config.vision_config.fine_mask:
+            if mask_features is None:
+                raise ValueError('this model (fine_mask) needs the mask_features of its image '
+                                 'embeddings: pass pixel_values, or both from '
+                                 'get_image_features')
+            fine['mask_features'] = mask_features
         batch = image_embeddings.shape[0]
         position = self.get_image_wide_positional_embeddings().repeat(batch, 1, 1, 1)
         if input_points is not None and input_labels is None:
@@ -264,7 +367,7 @@ class CnnSamModel(CnnSamPreTrainedModel):
                                        image_positional_embeddings=position,
                                        sparse_prompt_embeddings=sparse,
                                        dense_prompt_embeddings=dense,
-                                       multimask_output=multimask_output)
+                                       multimask_output=multimask_output, **fine)
         return SamImageSegmentationOutput(iou_scores=iou, pred_masks=masks)
 
 
@@ -308,7 +411,7 @@ def build_cnn_sam(seed: int = 0, image_size: int = 256, stem_channels=(24, 32),
                   stage_channels=(64, 96, 128), stage_blocks=(2, 2, 2), fuse_channels: int = 64,
                   hidden: int = 64, decoder_mlp: int = 256, decoder_heads: int = 4,
                   stem_blocks: int = 0, fine_lateral: bool = False,
-                  fuse_blocks: int = 0) -> CnnSamModel:
+                  fuse_blocks: int = 0, fine_mask: bool = False) -> CnnSamModel:
     """Return a freshly initialised CnnSamModel (deterministic in ``seed``)."""
     torch.manual_seed(seed)
     config = CnnSamConfig(
@@ -316,7 +419,8 @@ def build_cnn_sam(seed: int = 0, image_size: int = 256, stem_channels=(24, 32),
                        'stage_channels': list(stage_channels),
                        'stage_blocks': list(stage_blocks), 'fuse_channels': fuse_channels,
                        'output_channels': hidden, 'stem_blocks': stem_blocks,
-                       'fine_lateral': fine_lateral, 'fuse_blocks': fuse_blocks},
+                       'fine_lateral': fine_lateral, 'fuse_blocks': fuse_blocks,
+                       'fine_mask': fine_mask},
         mask_decoder_config={'mlp_dim': decoder_mlp, 'num_attention_heads': decoder_heads,
                              'iou_head_hidden_dim': hidden})
     return CnnSamModel(config).eval()

@@ -65,6 +65,12 @@ def cnn_fine_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def cnn_hq_model_dir(tmp_path_factory):
+    """Return the same for test-cnn-hq (test-cnn-fine with stride-2 mask features)."""
+    return _cnn_model_folder(tmp_path_factory, 'test-cnn-hq')
+
+
+@pytest.fixture(scope='session')
 def small_dataset(tmp_path_factory):
     """Write three 250x200 noise images in the dataset layout: two with a satellite mask."""
     import numpy as np

@@ -24,7 +24,7 @@ def test_embeddings_are_stride_8_and_mask_is_128():
 
 
 @pytest.mark.parametrize('architecture', ['sat-cnn', 'sat-cnn-deep', 'sat-cnn-deep8',
-                                          'sat-cnn-fine', 'sat-cnn-fine-ctx'])
+                                          'sat-cnn-fine', 'sat-cnn-fine-ctx', 'sat-cnn-hq-ctx'])
 def test_default_architecture_fits_the_budget(architecture):
     """<= 10 MB of fp32 weights and <= 1 GFLOP per 256 tile, counted by torch."""
     import torch
@@ -41,7 +41,7 @@ def test_default_architecture_fits_the_budget(architecture):
     assert 0.2e9 < counter.get_total_flops() <= 1e9
 
 
-@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir'])
+@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir', 'cnn_hq_model_dir'])
 def test_save_load_round_trip_is_bit_exact(folder, request):
     import torch
 
@@ -94,7 +94,7 @@ def test_torch_backend_and_segmenter_run_the_family(cnn_model_dir):
     assert 'torch' in segmenter.backend.describe()
 
 
-@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir'])
+@pytest.mark.parametrize('folder', ['cnn_model_dir', 'cnn_fine_model_dir', 'cnn_hq_model_dir'])
 def test_onnx_export_matches_torch_and_is_tensorrt_ready(folder, request, tmp_path):
     import onnx
 
@@ -458,3 +458,68 @@ def test_encoder_config_refuses_a_bad_stem_blocks(value):
 
     with pytest.raises(ValueError, match='stem_blocks=.* must be an integer >= 0'):
         CnnEncoderConfig(stem_blocks=value)
+
+
+def test_mask_features_start_as_nothing_learn_and_survive_save_and_widen(tmp_path):
+    """deepen(fine_mask=True) computes what it came from; the new conv learns and is saved."""
+    import torch
+
+    from sat_seg_ros.backends.torch_backend import SamTilePredictor
+    from sat_seg_ros.modeling import FineMaskDecoder, load_sam_model
+    from sat_seg_training.models import build_model, count_parameters, deepen, widen
+
+    fine = _scrambled(build_model('test-cnn-fine', seed=1))
+    hq = deepen(fine, (1, 1, 1), fine_mask=True)
+    assert hq.config.vision_config.fine_mask and isinstance(hq.mask_decoder, FineMaskDecoder)
+    assert ({k: v.shape for k, v in hq.state_dict().items()}
+            == {k: v.shape for k, v in build_model('test-cnn-hq').state_dict().items()})
+    assert count_parameters(hq) > count_parameters(fine)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_outputs(fine, pixels), _outputs(hq, pixels))
+    predictor = SamTilePredictor(hq, 'box')
+    assert torch.equal(SamTilePredictor(fine, 'box')(pixels).detach(), predictor(pixels).detach())
+    # The zero conv gets a gradient from the tile logits (the runtime's and training's path).
+    predictor.train()
+    predictor(pixels).square().sum().backward()
+    assert hq.vision_encoder.mask_features[1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        hq.vision_encoder.mask_features[1].weight.normal_(generator=torch.Generator()
+                                                          .manual_seed(4))
+    hq.eval()
+    assert not torch.equal(_outputs(fine, pixels), _outputs(hq, pixels))
+    hq.save_pretrained(tmp_path / 'hq')
+    loaded = load_sam_model(tmp_path / 'hq')
+    assert loaded.config.vision_config.fine_mask
+    assert torch.equal(_outputs(hq, pixels), _outputs(loaded, pixels))
+    # Image embeddings alone are not enough for it; with their mask features they are.
+    boxes = torch.tensor([[[0., 0., 64., 64.]]] * 2)
+    features = loaded.get_image_features(pixels)
+    with pytest.raises(ValueError, match='needs the mask_features'):
+        loaded(image_embeddings=features['image_embeddings'], input_boxes=boxes)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_boxes=boxes, **features).pred_masks,
+                           _outputs(loaded, pixels))
+    # Deepened further and widened (the stem too, which feeds the mask features): the same.
+    assert torch.equal(_outputs(hq, pixels), _outputs(deepen(hq, (1, 1, 2)), pixels))
+    wider = widen(hq, (24, 24, 32), stem_channels=(8, 16), fuse_channels=24)
+    assert wider.vision_encoder.mask_features[0][0].weight.shape[:2] == (4, 16)
+    assert torch.allclose(_outputs(hq, pixels), _outputs(wider, pixels), atol=1e-4)
+    with pytest.raises(ValueError, match='fine_mask=False.*never cut'):
+        deepen(hq, (1, 1, 1), fine_mask=False)
+
+
+def test_training_grows_the_mask_features_from_a_fine_checkpoint(tmp_path):
+    from sat_seg_training.train import read_checkpoint, train
+
+    fine = _cnn_config(tmp_path / 'fine', architecture='test-cnn-fine', steps=2)
+    train(fine, progress=False)
+    hq = _cnn_config(tmp_path / 'hq', architecture='test-cnn-hq', deepen=True, steps=30,
+                     init_from=str(Path(fine.out_dir) / 'last.pt'))
+    train(hq, progress=False)
+    losses = _losses(hq.out_dir)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    weights = read_checkpoint(Path(hq.out_dir) / 'last.pt')['model']
+    assert weights['vision_encoder.mask_features.1.weight'].abs().sum() > 0
+    with pytest.raises(ValueError, match="another architecture than 'test-cnn-hq'.*deepen"):
+        train(_cnn_config(tmp_path / 'refused', architecture='test-cnn-hq',
+                          init_from=str(Path(fine.out_dir) / 'last.pt')), progress=False)

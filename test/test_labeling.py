@@ -152,3 +152,14 @@ def test_sam_methods_check_the_model_folder(synth_set, tmp_path):
     with pytest.raises(FileNotFoundError, match='config.json'):
         labeling.label_dataset(ds.load_dataset(synth_set), tmp_path / 'out', 'box',
                                models=[tmp_path])
+
+
+@pytest.mark.parametrize('method', ['box', 'auto'])
+def test_a_compact_sam_with_mask_features_labels(synth_set, tmp_path, cnn_hq_model_dir, method):
+    """Its prompts reach the decoder with the image's mask features (box and point batches)."""
+    out = tmp_path / method
+    data = ds.load_dataset(synth_set)
+    params = labeling.AutoParams(points_per_side=4, pred_iou_thresh=-1e9,
+                                 stability_thresh=0.0, min_box_iou=0.0)
+    report = labeling.label_dataset(data, out, method, [cnn_hq_model_dir], params=params)
+    check_report(report, synth_set, out)

@@ -140,8 +140,11 @@ class SamLabeler:
         padded[:new_h, :new_w] = pixels
         tensor = self.torch.from_numpy(padded.transpose(2, 0, 1)[None]).to(self.device)
         with self.torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(tensor)
-        return embeddings, scale, (new_h, new_w)
+            if hasattr(self.model, 'get_image_features'):  # a compact SAM: maybe mask features
+                features = self.model.get_image_features(tensor)
+            else:
+                features = {'image_embeddings': self.model.get_image_embeddings(tensor)}
+        return features, scale, (new_h, new_w)
 
     def _to_image(self, logits: np.ndarray, valid, height, width) -> np.ndarray:
         """Low-res logits (K, m, m) -> (K, height, width) float32 logits."""
@@ -156,12 +159,12 @@ class SamLabeler:
     def box_mask(self, image: np.ndarray, bbox) -> np.ndarray:
         """Return SAM's single mask for the box prompt `bbox` (x, y, w, h), clipped to the box."""
         height, width = image.shape[:2]
-        embeddings, scale, valid = self._embed(image)
+        features, scale, valid = self._embed(image)
         x, y, w, h = bbox
         box = self.torch.tensor([[[x * scale, y * scale, (x + w) * scale, (y + h) * scale]]],
                                 dtype=self.torch.float32, device=self.device)
         with self.torch.inference_mode():
-            out = self.model(image_embeddings=embeddings, input_boxes=box,
+            out = self.model(**features, input_boxes=box,
                              multimask_output=False)
         logits = out.pred_masks[0, 0].float().cpu().numpy()
         mask = self._to_image(logits, valid, height, width)[0] > 0
@@ -173,7 +176,7 @@ class SamLabeler:
     def auto_masks(self, image: np.ndarray, params: AutoParams) -> List[np.ndarray]:
         """Return SAM automatic masks of the whole image (filtered, NMS-ed, bool HxW)."""
         height, width = image.shape[:2]
-        embeddings, scale, valid = self._embed(image)
+        features, scale, valid = self._embed(image)
         n = params.points_per_side
         centres_x = (np.arange(n) + 0.5) / n * width * scale
         centres_y = (np.arange(n) + 0.5) / n * height * scale
@@ -185,7 +188,7 @@ class SamLabeler:
             batch = batch[None, :, None, :].to(self.device)
             labels = self.torch.ones(batch.shape[:3], dtype=self.torch.long, device=self.device)
             with self.torch.inference_mode():
-                out = self.model(image_embeddings=embeddings, input_points=batch,
+                out = self.model(**features, input_points=batch,
                                  input_labels=labels, multimask_output=True)
             logits = out.pred_masks[0].flatten(0, 1).float().cpu().numpy()   # (P*3, m, m)
             scores = out.iou_scores[0].flatten().float().cpu().numpy()

@@ -129,6 +129,18 @@ CNN_ARCHITECTURES['sat-cnn-wide-ctx'] = dict(CNN_ARCHITECTURES['sat-cnn-fine-ctx
 # 1.11 GFLOP per 256 tile (torch flop counter; the block adds 0.15). A
 # sat-cnn-fine-ctx checkpoint deepens into it exactly. Stage 13 on it tied stage 10.
 CNN_ARCHITECTURES['sat-cnn-mix-ctx'] = dict(CNN_ARCHITECTURES['sat-cnn-fine-ctx'], fuse_blocks=1)
+# sat-cnn-fine-ctx with stride-2 mask features from the stride-4 stem (``fine_mask``: a 3x3
+# conv to 8 channels and a 2x2 transposed conv to the mask decoder's 8) added to SAM's
+# upscaled embedding before its last activation, as HQ-SAM adds early ViT features. SAM's
+# decoder draws the 4x4 block of mask pixels under each 8x8 embedding cell from that cell
+# alone (two stride-2 transposed convs of kernel 2; the periodic pattern on its low
+# probabilities), and a satellite under 40 px, which most wrong gray scenes hold, covers a few
+# cells at model size 512. 1.61 M parameters (6.4 MB fp32), 0.98 GFLOP per 256 tile (0.02
+# more). A sat-cnn-fine-ctx checkpoint deepens into it exactly (the new transposed conv
+# starts at zero).
+CNN_ARCHITECTURES['sat-cnn-hq-ctx'] = dict(CNN_ARCHITECTURES['sat-cnn-fine-ctx'], fine_mask=True)
+# For tests: test-cnn-fine with the mask features (what sat-cnn-hq-ctx is to sat-cnn-fine-ctx).
+CNN_ARCHITECTURES['test-cnn-hq'] = dict(CNN_ARCHITECTURES['test-cnn-fine'], fine_mask=True)
 ARCHITECTURES.update(CNN_ARCHITECTURES)
 
 
@@ -207,15 +219,18 @@ def count_parameters(model) -> int:
 
 
 def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None,
-           fine_lateral: Optional[bool] = None, fuse_blocks: Optional[int] = None):
+           fine_lateral: Optional[bool] = None, fuse_blocks: Optional[int] = None,
+           fine_mask: Optional[bool] = None):
     """Return a copy of a CNN-encoder SAM grown to ``stage_blocks`` residual blocks per stage.
 
     Also, where given, to ``stem_blocks`` residual blocks at stride 4, with the stride-4
     lateral into the fusion (``fine_lateral``) and to ``fuse_blocks`` residual blocks after
-    the fusion. Every added part starts as an identity: an
+    the fusion, and with the stride-2 mask features (``fine_mask``). Every added part starts
+    as an identity: an
     appended block's last BatchNorm has zero scale and shift, so it returns ReLU(x) = x of the
     non-negative input it receives (the stem's, a stage's and the fusion's outputs all end in a
-    ReLU), and the lateral's BatchNorm is zero, so it adds nothing.
+    ReLU), the lateral's BatchNorm is zero, so it adds nothing, and so is the mask features'
+    last (transposed) conv, so the mask decoder's upscaled embedding is what it was.
     The grown model therefore computes exactly what ``model`` did and training picks up from
     there. Every other weight is copied; the new convs are drawn from ``seed``. Refuses
     anything but a CNN-encoder SAM, and removing any part it has.
@@ -237,6 +252,8 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     runs = {name: (getattr(vision, name), getattr(vision, name) if value is None else int(value))
             for name, value in (('stem_blocks', stem_blocks), ('fuse_blocks', fuse_blocks))}
     lateral_want = vision.fine_lateral if fine_lateral is None else bool(fine_lateral)
+    have_mask = getattr(vision, 'fine_mask', False)
+    mask_want = have_mask if fine_mask is None else bool(fine_mask)
     if any(w < h for h, w in runs.values()) or (vision.fine_lateral and not lateral_want):
         raise ValueError('%s, fine_lateral=%s cannot come from %s, fine_lateral=%s: a model is '
                          'deepened, never cut'
@@ -244,11 +261,15 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
                             lateral_want,
                             ', '.join('%s=%d' % (name, h) for name, (h, w) in runs.items()),
                             vision.fine_lateral))
+    if have_mask and not mask_want:
+        raise ValueError('fine_mask=False cannot come from fine_mask=True: a model is '
+                         'deepened, never cut')
     config = CnnSamConfig.from_dict(model.config.to_dict())  # to_dict copies
     config.vision_config.stage_blocks = want
     for name, (_, w) in runs.items():
         setattr(config.vision_config, name, w)
     config.vision_config.fine_lateral = lateral_want
+    config.vision_config.fine_mask = mask_want
     torch.manual_seed(seed)
     deeper = CnnSamModel(config)
     missing, unexpected = deeper.load_state_dict(model.state_dict(), strict=False)
@@ -263,12 +284,14 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
                      for block in range(h, w))
     if lateral_want and not vision.fine_lateral:
         added['vision_encoder.fine_lateral'] = encoder.fine_lateral
+    if mask_want and not have_mask:
+        added['vision_encoder.mask_features'] = encoder.mask_features
     prefixes = tuple(name + '.' for name in added)
     not_carried = [name for name in missing if not name.startswith(prefixes)]
     if not_carried:
         raise ValueError('deepen: weights not carried over: %s' % sorted(not_carried)[:4])
-    # A block's last BatchNorm, or the lateral's only one.
-    new_norms = [part.conv2[1] if hasattr(part, 'conv2') else part[1] for part in added.values()]
+    # A block's last BatchNorm, the lateral's only one, or the mask features' transposed conv.
+    new_norms = [part.conv2[1] if hasattr(part, 'conv2') else part[-1] for part in added.values()]
     with torch.no_grad():
         for norm in new_norms:
             norm.weight.zero_()
@@ -316,6 +339,9 @@ def widen(model, stage_channels, seed: int = 0, stem_channels=None,
     if set(old) != set(state):
         raise ValueError('widen: the models differ in more than width: %s'
                          % sorted(set(old) ^ set(state))[:4])
+    # A transposed conv's weight is (in, out, ...): the zeroed block is the other one.
+    transposed = {name + '.weight' for name, module in wider.named_modules()
+                  if isinstance(module, torch.nn.ConvTranspose2d)}
     with torch.no_grad():
         for name, target in state.items():
             source = old[name]
@@ -326,7 +352,9 @@ def widen(model, stage_channels, seed: int = 0, stem_channels=None,
                 raise ValueError('widen: %s cannot grow from %s to %s'
                                  % (name, tuple(source.shape), tuple(target.shape)))
             target[tuple(slice(0, n) for n in source.shape)] = source
-            if target.dim() > 1 and target.shape[1] > source.shape[1]:
+            if name in transposed and target.shape[0] > source.shape[0]:
+                target[source.shape[0]:, :source.shape[1]] = 0  # old outputs ignore new inputs
+            elif target.dim() > 1 and target.shape[1] > source.shape[1]:
                 target[:source.shape[0], source.shape[1]:] = 0  # old outputs ignore new inputs
     wider.load_state_dict(state)
     return wider.train(model.training)

@@ -799,7 +799,8 @@ def load_initial_model(config: TrainConfig):
                ('deepen', lambda small: deepen(small, vision.stage_blocks, seed=config.seed,
                                                stem_blocks=vision.stem_blocks,
                                                fine_lateral=vision.fine_lateral,
-                                               fuse_blocks=vision.fuse_blocks)))
+                                               fuse_blocks=vision.fuse_blocks,
+                                               fine_mask=vision.fine_mask)))
     for name, grow in growths:  # widened first: widen needs the blocks to match
         if getattr(config, name) and _shapes(model) != _shapes(expected):
             try:
@@ -963,9 +964,11 @@ def make_training_net(model, head, config: TrainConfig):
                               if config.stage == 'sam' else None)
 
         def forward(self, pixels):
-            embeddings = self.encoder(pixels).last_hidden_state
+            encoded = self.encoder(pixels)
+            embeddings = encoded.last_hidden_state
             dense = self.head(embeddings)[:, 0] if self.head is not None else None
-            masks = self.predictor.decode(embeddings) if self.predictor is not None else None
+            masks = (self.predictor.decode(embeddings, getattr(encoded, 'mask_features', None))
+                     if self.predictor is not None else None)
             return masks, dense, embeddings
 
     return TrainingNet()

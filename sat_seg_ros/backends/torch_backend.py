@@ -45,18 +45,24 @@ class SamTilePredictor(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return the single-mask logits of every tile, shape (N, m, m)."""
-        return self.decode(self.vision_encoder(pixel_values).last_hidden_state)
+        encoded = self.vision_encoder(pixel_values)
+        return self.decode(encoded.last_hidden_state, getattr(encoded, 'mask_features', None))
 
-    def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Return the single-mask logits (N, m, m) of image embeddings (N, hidden, e, e)."""
+    def decode(self, embeddings: torch.Tensor,
+               mask_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return the single-mask logits (N, m, m) of image embeddings (N, hidden, e, e).
+
+        ``mask_features``: the encoder's, for a compact SAM with ``fine_mask``.
+        """
         batch = embeddings.shape[0]
+        fine = {} if mask_features is None else {'mask_features': mask_features}
         sparse = self.sparse_prompt.expand(batch, -1, -1, -1) if self.has_sparse else None
         masks, _ = self.mask_decoder(
             image_embeddings=embeddings,
             image_positional_embeddings=self.image_position.expand(batch, -1, -1, -1),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=self.dense_prompt,
-            multimask_output=False)
+            multimask_output=False, **fine)
         return masks[:, 0, 0]
 
 
