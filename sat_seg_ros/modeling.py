@@ -4,9 +4,8 @@ The NanoSAM / MobileSAM idea at this package's scale: a small ResNet-style encod
 residual stages at strides 8, 16 and 32, fused top-down into stride-8 embeddings) replaces
 SAM's ViT, and ``transformers``' own ``SamPromptEncoder`` and ``SamMaskDecoder`` do the rest
 (with ``fine_mask``, :class:`FineMaskDecoder`: SAM's decoder plus the encoder's stride-2 mask
-features). A
-256 tile gives 32x32 image embeddings, so the mask decoder's low-res output is 128x128 (one mask
-pixel per 2x2 tile pixels).
+features). A 256 tile gives 32x32 image embeddings, so the mask decoder's low-res output is
+128x128 (one mask pixel per 2x2 tile pixels).
 
 :class:`CnnSamModel` keeps ``SamModel``'s attribute names (``vision_encoder``, ``prompt_encoder``,
 ``mask_decoder``, ``shared_image_embedding``, ``config.vision_config.image_size``) and its
