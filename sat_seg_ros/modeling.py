@@ -266,15 +266,6 @@ class FineMaskDecoder(SamMaskDecoder):
         return masks[:, :, keep], iou[:, :, keep]
 
 
-def decoder_inputs(encoder_output) -> dict:
-    """Return the mask decoder's image inputs from an encoder's output, as keyword arguments."""
-    features = getattr(encoder_output, 'mask_features', None)
-    inputs = {'image_embeddings': encoder_output.last_hidden_state}
-    if features is not None:
-        inputs['mask_features'] = features
-    return inputs
-
-
 class CnnSamPreTrainedModel(PreTrainedModel):
     config_class = CnnSamConfig
     base_model_prefix = 'cnn_sam'
@@ -329,7 +320,11 @@ class CnnSamModel(CnnSamPreTrainedModel):
 
         ``image_embeddings`` and, with ``fine_mask``, ``mask_features``.
         """
-        return decoder_inputs(self.vision_encoder(pixel_values))
+        encoded = self.vision_encoder(pixel_values)
+        inputs = {'image_embeddings': encoded.last_hidden_state}
+        if encoded.mask_features is not None:
+            inputs['mask_features'] = encoded.mask_features
+        return inputs
 
     def forward(self, pixel_values: Optional[torch.Tensor] = None,
                 input_points: Optional[torch.Tensor] = None,

@@ -226,13 +226,12 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     Also, where given, to ``stem_blocks`` residual blocks at stride 4, with the stride-4
     lateral into the fusion (``fine_lateral``) and to ``fuse_blocks`` residual blocks after
     the fusion, and with the stride-2 mask features (``fine_mask``). Every added part starts
-    as an identity: an
-    appended block's last BatchNorm has zero scale and shift, so it returns ReLU(x) = x of the
-    non-negative input it receives (the stem's, a stage's and the fusion's outputs all end in a
-    ReLU), the lateral's BatchNorm is zero, so it adds nothing, and so is the mask features'
-    last (transposed) conv, so the mask decoder's upscaled embedding is what it was.
-    The grown model therefore computes exactly what ``model`` did and training picks up from
-    there. Every other weight is copied; the new convs are drawn from ``seed``. Refuses
+    as an identity: an appended block's last BatchNorm has zero scale and shift, so it returns
+    ReLU(x) = x of the non-negative input it receives (the stem's, a stage's and the fusion's
+    outputs all end in a ReLU), the lateral's BatchNorm is zero, so it adds nothing, and so is
+    the mask features' last (transposed) conv, so the mask decoder's upscaled embedding is what
+    it was. The grown model therefore computes exactly what ``model`` did and training picks
+    up from there. Every other weight is copied; the new convs are drawn from ``seed``. Refuses
     anything but a CNN-encoder SAM, and removing any part it has.
     """
     import torch
@@ -252,7 +251,7 @@ def deepen(model, stage_blocks, seed: int = 0, stem_blocks: Optional[int] = None
     runs = {name: (getattr(vision, name), getattr(vision, name) if value is None else int(value))
             for name, value in (('stem_blocks', stem_blocks), ('fuse_blocks', fuse_blocks))}
     lateral_want = vision.fine_lateral if fine_lateral is None else bool(fine_lateral)
-    have_mask = getattr(vision, 'fine_mask', False)
+    have_mask = vision.fine_mask
     mask_want = have_mask if fine_mask is None else bool(fine_mask)
     if any(w < h for h, w in runs.values()) or (vision.fine_lateral and not lateral_want):
         raise ValueError('%s, fine_lateral=%s cannot come from %s, fine_lateral=%s: a model is '
