@@ -106,6 +106,63 @@ def test_frozen_parameters_stay_bit_identical(tmp_path):
     assert any(not torch.equal(initial[k], trained[k]) for k in decoder)
 
 
+def test_lr_scale_trains_a_part_at_its_own_rate_and_resumes_exactly(tmp_path):
+    from sat_seg_training.models import build_model
+
+    # Adam's step is at most about the rate whatever the gradient's size: at 1e-4 x the rate
+    # (3e-3) the decoder's weights move less than 3 x 3e-7 in three steps.
+    config = micro_config(tmp_path, lr_scale={'mask_decoder': 1e-4}, optimizer='adam',
+                          positive_fraction=1.0, steps=3)
+    initial = build_model('test-micro', seed=config.seed).state_dict()
+    train(config, progress=False)
+    trained = final_state(config.out_dir)
+
+    def largest_move(prefix):
+        return max(float((trained[k].float() - initial[k].float()).abs().max())
+                   for k in initial if k.startswith(prefix) and initial[k].is_floating_point())
+
+    assert largest_move('vision_encoder') > 1e-3
+    assert 0 < largest_move('mask_decoder') < 1.5e-6
+    groups = read_checkpoint(Path(config.out_dir) / 'last.pt')['optimizer']['param_groups']
+    assert [g['lr_scale'] for g in groups] == [1.0, 1e-4]
+    assert groups[1]['lr'] == pytest.approx(1e-4 * groups[0]['lr'])
+    assert_resumes_exactly(tmp_path, lambda folder: micro_config(
+        folder, steps=5, lr_scale={'mask_decoder': 3.0, 'mask_decoder.iou': 0.5}))
+
+
+def test_parameter_groups_take_the_longest_prefix_and_refuse_one_that_matches_nothing():
+    from sat_seg_training.train import parameter_groups
+
+    named = [('encoder.a', 'A'), ('decoder.b', 'B'), ('decoder.head.c', 'C')]
+    groups = parameter_groups(named, {'decoder': 2.0, 'decoder.head': 5.0})
+    assert [(g['params'], g['lr_scale']) for g in groups] == [
+        (['A'], 1.0), (['B'], 2.0), (['C'], 5.0)]
+    assert parameter_groups(named, {}) == [{'params': ['A', 'B', 'C'], 'lr_scale': 1.0}]
+    with pytest.raises(ValueError, match='decodr.*match no trainable parameter'):
+        parameter_groups(named, {'decodr': 2.0})
+
+
+@pytest.mark.parametrize('bad', [{'mask_decoder': 0}, {'mask_decoder': -1.0}, ['mask_decoder'],
+                                 {'': 2.0}, {'mask_decoder': True}])
+def test_lr_scale_refuses_what_is_not_a_positive_factor_per_prefix(tmp_path, bad):
+    with pytest.raises(ValueError, match='lr_scale'):
+        micro_config(tmp_path, lr_scale=bad)
+
+
+def test_resuming_with_other_parameter_groups_is_refused_by_name(tmp_path):
+    import torch
+
+    config = micro_config(tmp_path, steps=2)
+    train(config, progress=False)
+    # A checkpoint written before lr_scale existed counts it as unchanged: the groups say no.
+    path = Path(config.out_dir) / 'last.pt'
+    checkpoint = read_checkpoint(path)
+    del checkpoint['train_config']['lr_scale']
+    torch.save(checkpoint, str(path))
+    with pytest.raises(ValueError, match='other parameter groups.*--no-resume'):
+        train(micro_config(tmp_path, steps=2, lr_scale={'mask_decoder': 2.0}), progress=False)
+
+
 def test_resume_continues_exactly(tmp_path):
     import torch
 

@@ -157,6 +157,10 @@ class TrainConfig:
     rank_margin: float = 2.0
     optimizer: str = 'adamw'
     lr: float = 1e-3
+    # {parameter-name prefix: factor}: those parameters train at factor x the scheduled rate
+    # (their own AdamW group; the longest matching prefix wins), e.g. a newly grown part
+    # {'vision_encoder.mask_features': 15} that the rest would otherwise leave near zero
+    lr_scale: Dict[str, float] = dataclasses.field(default_factory=dict)
     weight_decay: float = 0.01
     schedule: str = 'cosine'  # 'cosine' or 'constant' (after warmup)
     warmup_steps: int = 100
@@ -271,6 +275,11 @@ class TrainConfig:
         if self.peak_weight > 0 and self.loss != 'bce_dice':
             raise ValueError("peak_weight=%r needs loss 'bce_dice' (not %r)"
                              % (self.peak_weight, self.loss))
+        if not isinstance(self.lr_scale, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, (int, float))
+                and not isinstance(v, bool) and v > 0 for k, v in self.lr_scale.items()):
+            raise ValueError('lr_scale=%r must map parameter-name prefixes to factors > 0, e.g. '
+                             "{'vision_encoder.mask_features': 15}" % (self.lr_scale,))
         if self.optimizer not in ('adam', 'adamw'):
             raise ValueError("optimizer=%r is not 'adam' or 'adamw'" % (self.optimizer,))
         if self.schedule not in ('cosine', 'constant'):
@@ -995,6 +1004,27 @@ def read_checkpoint(path: os.PathLike | str) -> Dict[str, Any]:
     return torch.load(str(path), map_location='cpu', weights_only=False)
 
 
+def parameter_groups(named: Sequence[tuple], lr_scale: Dict[str, float]) -> List[Dict[str, Any]]:
+    """Split ``(name, parameter)`` pairs into optimizer groups by ``lr_scale``'s prefixes.
+
+    The first group holds the parameters no prefix matches (factor 1), then one group per
+    prefix in sorted order; a parameter goes to its longest matching prefix. A prefix that
+    matches no trainable parameter is refused (a misspelt name would otherwise do nothing).
+    """
+    prefixes = sorted(lr_scale)
+    members: Dict[str, list] = {prefix: [] for prefix in prefixes}
+    rest = []
+    for name, parameter in named:
+        matches = [prefix for prefix in prefixes if name.startswith(prefix)]
+        (members[max(matches, key=len)] if matches else rest).append(parameter)
+    empty = [prefix for prefix in prefixes if not members[prefix]]
+    if empty:
+        raise ValueError('lr_scale prefix(es) %s match no trainable parameter; names look like '
+                         '%s' % (empty, [name for name, _ in named][:6]))
+    return ([{'params': rest, 'lr_scale': 1.0}] + [
+        {'params': members[prefix], 'lr_scale': float(lr_scale[prefix])} for prefix in prefixes])
+
+
 def apply_freeze(model, prefixes: Sequence[str]) -> int:
     """Freeze parameters with any name starting with a prefix; return the trainable count.
 
@@ -1293,16 +1323,26 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     hardness = np.ones(len(pool.tiles), np.float32)
     if config.stage == 'dense':
         # The mask decoder takes no part in stage 'dense': train the encoder and the head only.
-        params = [p for p in model.vision_encoder.parameters() if p.requires_grad]
+        named = [('vision_encoder.' + n, p) for n, p in model.vision_encoder.named_parameters()]
     else:
-        params = [p for p in model.parameters() if p.requires_grad]
+        named = list(model.named_parameters())
     if head is not None:
-        params += list(head.parameters())
+        named += [('dense_head.' + n, p) for n, p in head.named_parameters()]
+    trained = parameter_groups([(n, p) for n, p in named if p.requires_grad], config.lr_scale)
+    rate_factors = [group['lr_scale'] for group in trained]
+    trained_parameters = [p for group in trained for p in group['params']]
     optimizer_class = torch.optim.AdamW if config.optimizer == 'adamw' else torch.optim.Adam
     decay = config.weight_decay if config.optimizer == 'adamw' else 0.0
-    optimizer = optimizer_class(params, lr=config.lr, weight_decay=decay)
+    optimizer = optimizer_class(trained, lr=config.lr, weight_decay=decay)
     step, best, history = 0, {'accuracy': -1.0, 'mean_iou': -1.0, 'step': -1}, []
     if checkpoint is not None:
+        saved = [len(group['params']) for group in checkpoint['optimizer']['param_groups']]
+        if saved != [len(group['params']) for group in trained]:
+            raise ValueError('%s/last.pt was trained with other parameter groups (sizes %s) '
+                             'than lr_scale=%r makes (%s): resume with the lr_scale it was '
+                             'started with, or start over (--no-resume)'
+                             % (out, saved, config.lr_scale,
+                                [len(group['params']) for group in trained]))
         optimizer.load_state_dict(checkpoint['optimizer'])
         step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
         started -= checkpoint.get('elapsed_s', 0.0)
@@ -1411,8 +1451,8 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                 masks, taught = masks[..., 0], torch.from_numpy(
                     np.ascontiguousarray(masks[..., 1])).to(device)
             target = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
-        for group in optimizer.param_groups:
-            group['lr'] = learning_rate(config, step, steps)
+        for group, factor in zip(optimizer.param_groups, rate_factors):
+            group['lr'] = learning_rate(config, step, steps) * factor
         boxes = None if fixed else torch.from_numpy(
             jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
         views = None if view_teacher is None else torch.from_numpy(
@@ -1490,7 +1530,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         step_terms = {name: [] for name in term_names}
         loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
         if config.grad_clip > 0:
-            accelerator.clip_grad_norm_(params, config.grad_clip)
+            accelerator.clip_grad_norm_(trained_parameters, config.grad_clip)
         optimizer.step()
         if ema is not None:
             update_ema(ema, accelerator.unwrap_model(model), ema_decay_at(config.ema_decay,
