@@ -1337,12 +1337,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     step, best, history = 0, {'accuracy': -1.0, 'mean_iou': -1.0, 'step': -1}, []
     if checkpoint is not None:
         saved = [len(group['params']) for group in checkpoint['optimizer']['param_groups']]
-        if saved != [len(group['params']) for group in trained]:
+        sizes = [len(group['params']) for group in trained]
+        if saved != sizes:
             raise ValueError('%s/last.pt was trained with other parameter groups (sizes %s) '
                              'than lr_scale=%r makes (%s): resume with the lr_scale it was '
                              'started with, or start over (--no-resume)'
-                             % (out, saved, config.lr_scale,
-                                [len(group['params']) for group in trained]))
+                             % (out, saved, config.lr_scale, sizes))
         optimizer.load_state_dict(checkpoint['optimizer'])
         step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
         started -= checkpoint.get('elapsed_s', 0.0)
