@@ -1,5 +1,6 @@
 """Training: loss goes down, frozen parts stay bit-identical, resume is exact, presets load."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -431,6 +432,39 @@ def test_presets_load_and_validate():
     assert (report.loss, report.optimizer, report.lr, report.epochs) == ('dice_ce', 'adam',
                                                                          1e-5, 25)
     assert report.train_prompt == 'bbox_jitter'
+
+
+def test_a_preset_builds_on_its_base(tmp_path):
+    (tmp_path / 'first.yaml').write_text('name: first\nout_dir: runs/first\nsteps: 10\n'
+                                         'lr: 3e-4\npositive_fraction: 0.5\n')
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'sub' / 'second.yaml').write_text(
+        'base: ../first.yaml\nname: second\nout_dir: runs/second\nlr: 1e-4\n')
+    (tmp_path / 'third.yaml').write_text(
+        'base: sub/second.yaml\nname: third\nout_dir: runs/third\npositive_fraction: 0.25\n')
+    config = load_config(str(tmp_path / 'third.yaml'), ['steps=20'])
+    assert (config.name, config.out_dir, config.steps, config.lr, config.positive_fraction) == (
+        'third', 'runs/third', 20, 1e-4, 0.25)
+    # the stage 49 preset is stage 48's with two settings changed, and says nothing else
+    stage48 = load_config(str(ROOT / 'configs' / 'cnn_stage48_cpu_noinvert.yaml'))
+    stage49 = load_config(str(ROOT / 'configs' / 'cnn_stage49_cpu_negatives.yaml'))
+    changed = {field.name for field in dataclasses.fields(TrainConfig)
+               if getattr(stage48, field.name) != getattr(stage49, field.name)}
+    assert changed == {'name', 'out_dir', 'invert_probability', 'positive_fraction'}
+
+
+@pytest.mark.parametrize('text, message', [
+    ('base: loop.yaml\nname: loop\nout_dir: runs/loop\n', 'its own base'),
+    ('base: nowhere.yaml\nname: loop\nout_dir: runs/loop\n', 'does not exist'),
+    ('base: [a.yaml]\nname: loop\nout_dir: runs/loop\n', 'file name of another preset'),
+    ('base: loop.yaml\nname: loop\n', 'sets its own out_dir'),
+])
+def test_a_bad_base_is_named(tmp_path, text, message):
+    (tmp_path / 'loop.yaml').write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(str(tmp_path / 'loop.yaml'))
+    with pytest.raises(ValueError, match='unknown training setting'):
+        load_config(None, ['base=loop.yaml'])
 
 
 def test_bad_settings_are_named():

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 import platform
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -353,16 +353,51 @@ class TrainConfig:
                 raise ValueError('%s=%r must be >= 1' % (name, getattr(self, name)))
 
 
+def read_preset(path: Path, including: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Return a preset's settings, with those of the preset its ``base`` names under them.
+
+    ``base: other.yaml`` (relative to the preset's folder) takes every setting of that preset,
+    itself possibly based on another, and the preset's own settings replace them: a run that
+    changes two settings of an earlier one says so in two lines. Such a preset names its own
+    ``name`` and ``out_dir``, so that it can never write into, or resume, its base's run.
+    """
+    import yaml
+
+    path = Path(path)
+    if path.resolve() in including:
+        chain = ' -> '.join(str(p) for p in including + (path.resolve(),))
+        raise ValueError('preset %s is its own base (%s)' % (path, chain))
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError('%s must hold a mapping of TrainConfig fields' % path)
+    base = loaded.pop('base', None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError('%s: base must be the file name of another preset, relative to %s'
+                         % (path, path.parent))
+    missing = [key for key in ('name', 'out_dir') if key not in loaded]
+    if missing:
+        raise ValueError('%s: a preset with a base sets its own %s (else it would write into '
+                         'the run of %s)' % (path, ' and '.join(missing), base))
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ValueError('%s: its base %s does not exist' % (path, base_path))
+    values = read_preset(base_path, including + (path.resolve(),))
+    values.update(loaded)
+    return values
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Return a TrainConfig from a YAML file (optional) and ``key=value`` YAML overrides."""
+    """Return a TrainConfig from a YAML preset (optional) and ``key=value`` YAML overrides.
+
+    The preset may build on another through ``base`` (read_preset).
+    """
     import yaml
 
     values: Dict[str, Any] = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError('%s must hold a mapping of TrainConfig fields' % path)
-        values.update(loaded)
+        values.update(read_preset(Path(path)))
     for item in overrides:
         if '=' not in item:
             raise ValueError('override %r must look like key=value' % item)
