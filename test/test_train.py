@@ -453,6 +453,17 @@ def test_a_preset_builds_on_its_base(tmp_path):
     assert changed == {'name', 'out_dir', 'invert_probability', 'positive_fraction'}
 
 
+def test_print_config_writes_a_preset_that_runs_the_same(tmp_path, capsys):
+    from sat_seg_ros.cli import main
+
+    for path in sorted((ROOT / 'configs').glob('*.yaml')):
+        assert main(['train', '--config', str(path), '--print-config', '--set', 'seed=7']) == 0
+        printed = tmp_path / path.name
+        printed.write_text(capsys.readouterr().out)
+        assert not any(line.startswith('base:') for line in printed.read_text().splitlines())
+        assert load_config(str(printed)) == load_config(str(path), ['seed=7']), path
+
+
 @pytest.mark.parametrize('text, message', [
     ('base: loop.yaml\nname: loop\nout_dir: runs/loop\n', 'its own base'),
     ('base: nowhere.yaml\nname: loop\nout_dir: runs/loop\n', 'does not exist'),

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "out_dir=runs/x 'model_sizes=[512,1024]'; may be repeated")
     parser.add_argument('--no-resume', action='store_true',
                         help='start over even if OUT_DIR/last.pt exists (it is overwritten)')
+    parser.add_argument('--print-config', action='store_true',
+                        help="do not train: print the run's settings as a complete YAML preset "
+                             '(the preset, its base presets and every --set resolved) and exit')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--stop-at-step', type=int, default=0, metavar='N',
                         help='checkpoint and stop at step N (the schedule still spans the '
@@ -68,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError('--average-weights needs --average')
 
     config = load_config(args.config, overrides(args))
+    if args.print_config:
+        import dataclasses
+
+        import yaml
+
+        print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, width=99), end='')
+        return 0
     summary = train(config, resume=not args.no_resume, progress=not args.quiet,
                     stop_at_step=args.stop_at_step)
     print(json.dumps(summary, indent=2))
