@@ -364,9 +364,10 @@ def read_preset(path: Path, including: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     import yaml
 
     path = Path(path)
-    if path.resolve() in including:
-        chain = ' -> '.join(str(p) for p in including + (path.resolve(),))
-        raise ValueError('preset %s is its own base (%s)' % (path, chain))
+    including = including + (path.resolve(),)
+    if including[-1] in including[:-1]:
+        raise ValueError('preset %s is its own base (%s)'
+                         % (path, ' -> '.join(str(p) for p in including)))
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
         raise ValueError('%s must hold a mapping of TrainConfig fields' % path)
@@ -383,7 +384,7 @@ def read_preset(path: Path, including: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     base_path = path.parent / base
     if not base_path.is_file():
         raise ValueError('%s: its base %s does not exist' % (path, base_path))
-    values = read_preset(base_path, including + (path.resolve(),))
+    values = read_preset(base_path, including)
     values.update(loaded)
     return values
 
