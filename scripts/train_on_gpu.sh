@@ -29,7 +29,7 @@ print('machine:', platform.machine(), os.cpu_count(), 'cores,',
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device',
       '| torch', torch.__version__, '| transformers', transformers.__version__)
 PY
-out_dir=$("$PYTHON" -c "import sys; from sat_seg_training.train import load_config; \
+out_dir=$("$PYTHON" -c "import sys; from sat_seg_training.train_config import load_config; \
 print(load_config(sys.argv[1], sys.argv[2:]).out_dir)" "$config" "$@") || exit 1
 slim() {  # last.pt without its optimizer state, written atomically to RESULTS/slim.pt
     [ -f "$out_dir/last.pt" ] || return 1

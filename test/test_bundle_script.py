@@ -48,7 +48,8 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, env):
 
 def test_a_checkpoint_becomes_a_folder_calibrated_every_way_it_runs(tmp_path, env):
     from sat_seg_ros.segmenter import Segmenter
-    from sat_seg_training.train import TrainConfig, train
+    from sat_seg_training.train import train
+    from sat_seg_training.train_config import TrainConfig
 
     config = TrainConfig(name='bundle', out_dir=str(tmp_path / 'run'), architecture='test-cnn',
                          data='shapes', scenes=4, val_data='shapes', val_scenes=2,

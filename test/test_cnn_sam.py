@@ -117,7 +117,7 @@ def test_onnx_export_matches_torch_and_is_tensorrt_ready(folder, request, tmp_pa
 
 
 def _cnn_config(tmp_path, **changes):
-    from sat_seg_training.train import TrainConfig
+    from sat_seg_training.train_config import TrainConfig
 
     values = {'name': 'test', 'out_dir': str(tmp_path / 'run'), 'architecture': 'test-cnn',
               'data': 'shapes', 'scenes': 6, 'val_data': 'shapes', 'val_scenes': 2,

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip('torch')
 
 from sat_seg_training.losses import bce_dice_loss, peak_loss, rank_loss  # noqa: E402
-from sat_seg_training.train import TrainConfig  # noqa: E402
+from sat_seg_training.train_config import TrainConfig  # noqa: E402
 
 
 def _scene():

@@ -8,8 +8,10 @@ from test_train import assert_resumes_exactly, first_step_records, micro_config
 
 from sat_seg_ros.segmenter import Segmenter
 from sat_seg_training.batches import augment_torch, sample_batch
-from sat_seg_training.train import (build_pool, cut_scene, iter_scenes, make_training_pool,
-                                    pool_digest, scene_teacher_map, train, TrainConfig)
+from sat_seg_training.tile_pool import (build_pool, cut_scene, iter_scenes, make_training_pool,
+                                        pool_digest, scene_teacher_map)
+from sat_seg_training.train import train
+from sat_seg_training.train_config import TrainConfig
 
 
 @pytest.fixture(scope='module')

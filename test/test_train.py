@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from sat_seg_training.batches import augment, jittered_boxes, miss_scores, sample_ids
-from sat_seg_training.train import (_concatenate_consuming, build_pool, iter_scenes, load_config,
-                                    load_scenes, make_training_pool, pool_digest, read_checkpoint,
-                                    Scene, train, TrainConfig)
+from sat_seg_training.tile_pool import (_concatenate_consuming, build_pool, iter_scenes,
+                                        load_scenes, make_training_pool, pool_digest, Scene)
+from sat_seg_training.train import read_checkpoint, train
+from sat_seg_training.train_config import load_config, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from test_train import assert_resumes_exactly, micro_config
 
 from sat_seg_training.batches import (augment_torch, pool_groups, preprocess_torch,
                                       sample_ids_vectorized)
-from sat_seg_training.train import (build_synth_pool, export_checkpoint, iter_scenes, plan_steps,
-                                    pool_digest, read_checkpoint, TilePool, train)
+from sat_seg_training.tile_pool import build_synth_pool, iter_scenes, pool_digest, TilePool
+from sat_seg_training.train import export_checkpoint, plan_steps, read_checkpoint, train
 
 
 def synth_config(tmp_path, **changes):
@@ -40,7 +40,7 @@ def test_synth_scenes_are_the_scenes_sat_seg_synth_writes(tmp_path):
 
 
 def synth_source(**changes):
-    from sat_seg_training.train import SynthSource
+    from sat_seg_training.tile_pool import SynthSource
 
     return SynthSource(**changes)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from test_train import assert_resumes_exactly, first_step_records, micro_config
 
-from sat_seg_training.train import mirror_views, train, TrainConfig, view_teacher_loss
+from sat_seg_training.train import mirror_views, train, view_teacher_loss
+from sat_seg_training.train_config import TrainConfig
 
 
 def test_each_view_is_the_segmenters_flip_and_its_own_inverse():

@@ -3,8 +3,8 @@
 Two implementations of the same sampling and augmentation: numpy, tile by tile on the CPU
 (``sample_batch``: what every run of pipeline 'numpy' draws), and torch, a whole batch at once
 on the training device (``sample_ids_vectorized``, ``augment_torch``, ``preprocess_torch``:
-pipeline 'torch'). Arrays in, arrays out; the pool and config are train.TilePool and
-train.TrainConfig, read by attribute only.
+pipeline 'torch'). Arrays in, arrays out; the pool and config are tile_pool.TilePool and
+train_config.TrainConfig, read by attribute only.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from sat_seg_ros.tiling import to_luma
 
 if TYPE_CHECKING:  # train imports this module
-    from sat_seg_training.train import TilePool, TrainConfig
+    from sat_seg_training.tile_pool import TilePool
+    from sat_seg_training.train_config import TrainConfig
 
 
 def sample_ids(pool: TilePool, config: TrainConfig, rng: np.random.Generator,

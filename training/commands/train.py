@@ -47,9 +47,11 @@ def overrides(args: argparse.Namespace) -> List[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or export a checkpoint); print the summary as JSON."""
-    from sat_seg_training.train import export_checkpoint, load_config, train
+    from sat_seg_training.train_config import load_config
 
     if args.export:
+        from sat_seg_training.train import export_checkpoint
+
         print('wrote %s' % export_checkpoint(*args.export))
         return 0
     if args.average:
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, width=99), end='')
         return 0
+    from sat_seg_training.train import train
+
     summary = train(config, resume=not args.no_resume, progress=not args.quiet,
                     stop_at_step=args.stop_at_step)
     print(json.dumps(summary, indent=2))
