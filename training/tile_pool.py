@@ -4,9 +4,9 @@ Scenes (a dataset folder, or made on the fly by ``sat-seg synth``) are resized t
 size with the runtime's ``resize`` and cut with the runtime's ``TileGrid`` into uint8 tiles and
 soft masks.
 
-A pool is a pure function of its config and seed (pool_digest), so a resumed run draws from the
-same tiles; with ``scene_teacher_weight`` it also holds a teacher's map of every scene, cut the
-same way.
+A pool follows from its config, its seed and the data folder's files; pool_digest fingerprints
+it, so that a resumed run knows whether it draws from the same tiles. With
+``scene_teacher_weight`` it also holds a teacher's map of every scene, cut the same way.
 """
 
 from __future__ import annotations
