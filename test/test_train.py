@@ -465,6 +465,21 @@ def test_print_config_writes_a_preset_that_runs_the_same(tmp_path, capsys):
         assert load_config(str(printed)) == load_config(str(path), ['seed=7']), path
 
 
+def test_print_config_reads_presets_without_torch():
+    import subprocess
+    import sys
+
+    code = ('import sys\n'
+            'from sat_seg_ros.cli import main\n'
+            'assert main(["train", "--config", sys.argv[1], "--print-config"]) == 0\n'
+            'assert "torch" not in sys.modules, "printing a preset imported torch"\n')
+    preset = ROOT / 'configs' / 'cnn_stage50_cpu_hardneg.yaml'
+    done = subprocess.run([sys.executable, '-c', code, str(preset)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'hard_negative_fraction: 1.0' in done.stdout
+
+
 @pytest.mark.parametrize('text, message', [
     ('base: loop.yaml\nname: loop\nout_dir: runs/loop\n', 'its own base'),
     ('base: nowhere.yaml\nname: loop\nout_dir: runs/loop\n', 'does not exist'),
