@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 import platform
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from sat_seg_training.batches import (augment_torch, jittered_boxes, miss_scores
 from sat_seg_training.losses import rank_loss, satellite_surroundings, segmentation_loss
 from sat_seg_training.tile_pool import (_set_mmap_threshold, load_scenes, make_training_pool,
                                         pool_digest, POOL_MMAP_THRESHOLD, Scene, SynthSource,
-                                        TRAIN_MMAP_THRESHOLD)
+                                        TilePool, TRAIN_MMAP_THRESHOLD)
 # load_config: where scripts written before train_config existed import it from
 from sat_seg_training.train_config import load_config, RUN_ONLY_SETTINGS, TrainConfig  # noqa: F401
 
@@ -521,6 +521,327 @@ def total_steps(config: TrainConfig, pool_size: int) -> int:
     return max(1, int(math.ceil(config.epochs * pool_size / config.batch_size)))
 
 
+# ----------------------------------------------------------------------------------------------
+# The run: its start, its batches, its loss and the loop
+
+
+def resumable_checkpoint(config: TrainConfig, out: Path) -> Optional[Dict[str, Any]]:
+    """Return ``out``/last.pt when it is there and was written with ``config``; else None.
+
+    A checkpoint of another config is refused: resuming it would train something else.
+    """
+    if not (out / 'last.pt').is_file():
+        return None
+    checkpoint = read_checkpoint(out / 'last.pt')
+    current = dataclasses.asdict(config)
+    # Settings added after the checkpoint was written count as unchanged, and so do the ones
+    # that say where and how long it runs, not what it computes (e.g. continue a run with more
+    # threads once a second run has finished).
+    stored = {key: value for key, value in stored_config(checkpoint, out / 'last.pt').items()
+              if key not in RUN_ONLY_SETTINGS}
+    if dict(current, **stored) != current:
+        raise ValueError('%s/last.pt was written with a different config; use another '
+                         'out_dir or pass --no-resume to start over' % out)
+    return checkpoint
+
+
+def start_model(config: TrainConfig, checkpoint: Optional[Dict[str, Any]]):
+    """Return the model a run starts (or resumes) with, and its dense head (None without one)."""
+    if checkpoint is not None:
+        model, head_state = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
+    else:
+        model, head_state = load_initial_model(config)
+    head = None
+    if config.stage == 'dense' or config.dense_weight > 0:
+        head = dense_head(model)
+        if head_state is not None:
+            head.load_state_dict(head_state)
+    return model, head
+
+
+def frozen_teachers(config: TrainConfig, model, checkpoint: Optional[Dict[str, Any]], device):
+    """Return the frozen copies of the start that the teacher terms compare with.
+
+    (encoder, predictor): the starting model's encoder when ``gray_teacher_weight`` > 0, its
+    predictor when ``view_teacher_weight`` > 0, else None. A fresh start's model is the start
+    itself; a resumed one has moved on, so the start is read again (once, for both).
+    """
+    from sat_seg_ros.backends.torch_backend import SamTilePredictor
+
+    if not (config.gray_teacher_weight > 0 or config.view_teacher_weight > 0):
+        return None, None
+    start = model if checkpoint is None else load_initial_model(config)[0]
+    encoder = predictor = None
+    if config.gray_teacher_weight > 0:
+        encoder = copy.deepcopy(start.vision_encoder).eval()
+        encoder.requires_grad_(False)
+        encoder.to(device)
+    if config.view_teacher_weight > 0:
+        predictor = SamTilePredictor(copy.deepcopy(start), config.prompt_mode,
+                                     config.grid_points).eval()
+        predictor.requires_grad_(False)
+        predictor.to(device)
+    return encoder, predictor
+
+
+def moving_average(config: TrainConfig, model, checkpoint: Optional[Dict[str, Any]], out: Path):
+    """Return the moving average of the weights (``ema_decay`` > 0; else None), as resumed.
+
+    It is what the run validates and exports; the live weights train on.
+    """
+    if not config.ema_decay > 0:
+        return None
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    if checkpoint is not None and checkpoint.get('ema') is not None:
+        ema.load_state_dict(checkpoint['ema'])
+    elif checkpoint is not None:
+        LOG.info('%s/last.pt has no moving average: it starts from its weights', out)
+    return ema
+
+
+def make_optimizer(config: TrainConfig, model, head):
+    """Return the optimizer, each parameter group's rate factor and every trained parameter."""
+    import torch
+
+    if config.stage == 'dense':
+        # The mask decoder takes no part in stage 'dense': train the encoder and the head only.
+        named = [('vision_encoder.' + n, p) for n, p in model.vision_encoder.named_parameters()]
+    else:
+        named = list(model.named_parameters())
+    if head is not None:
+        named += [('dense_head.' + n, p) for n, p in head.named_parameters()]
+    trained = parameter_groups([(n, p) for n, p in named if p.requires_grad], config.lr_scale)
+    optimizer_class = torch.optim.AdamW if config.optimizer == 'adamw' else torch.optim.Adam
+    decay = config.weight_decay if config.optimizer == 'adamw' else 0.0
+    optimizer = optimizer_class(trained, lr=config.lr, weight_decay=decay)
+    return (optimizer, [group['lr_scale'] for group in trained],
+            [p for group in trained for p in group['params']])
+
+
+def restore_optimizer(optimizer, checkpoint: Dict[str, Any], config: TrainConfig,
+                      out: Path) -> None:
+    """Load the checkpoint's optimizer state; refuse one of other parameter groups by name."""
+    saved = [len(group['params']) for group in checkpoint['optimizer']['param_groups']]
+    sizes = [len(group['params']) for group in optimizer.param_groups]
+    if saved != sizes:
+        raise ValueError('%s/last.pt was trained with other parameter groups (sizes %s) than '
+                         'lr_scale=%r makes (%s): resume with the lr_scale it was started '
+                         'with, or start over (--no-resume)' % (out, saved, config.lr_scale,
+                                                                sizes))
+    optimizer.load_state_dict(checkpoint['optimizer'])
+
+
+def write_checkpoint(state: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` the state to ``path`` through a temp file, fsync and rename.
+
+    A run killed at any moment (SIGKILL, power) leaves either the previous checkpoint or the
+    new one, never half of one.
+    """
+    import torch
+
+    tmp = path.with_name('.%s.tmp' % path.name)
+    with open(tmp, 'wb') as stream:
+        torch.save(state, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+class DevicePool(NamedTuple):
+    """A pool on the training device for the torch pipeline: its arrays (uint8) and groups."""
+
+    groups: Any
+    tiles: Any
+    masks: Any
+    teacher: Any  # the scene teacher's maps, or None
+
+
+def pool_on_device(pool: TilePool, config: TrainConfig, device) -> Optional[DevicePool]:
+    """Return the whole pool on the training device, drawn from and augmented there.
+
+    None with the numpy pipeline, which draws and augments on the host.
+    """
+    import torch
+
+    if config.pipeline != 'torch':
+        return None
+    taught = None if pool.teacher is None else torch.from_numpy(pool.teacher).to(device)
+    return DevicePool(pool_groups(pool, len(config.model_sizes)),
+                      torch.from_numpy(pool.tiles).to(device),
+                      torch.from_numpy(pool.masks).to(device), taught)
+
+
+@dataclasses.dataclass
+class Batch:
+    """One step's tiles as the model takes them, and what its loss compares them with."""
+
+    chosen: np.ndarray            # the pool rows drawn
+    pixels: Any                   # the model input, on the training device
+    target: Any = None            # the (augmented) masks in [0, 1], (B, t, t), on the device
+    masks: Optional[np.ndarray] = None  # the same on the host, for box prompts (else None)
+    colour_pixels: Any = None     # gray_teacher_weight > 0: each tile before it was grayed
+    grayed: Any = None            # ... and whether it was
+    taught: Any = None            # scene_teacher_weight > 0: the teacher's map, (B, t, t)
+
+
+def draw_batch(config: TrainConfig, pool: TilePool, on_device: Optional[DevicePool], rng,
+               hardness: np.ndarray, pixel_size: int, device, fixed: bool,
+               keep_colour: bool) -> Batch:
+    """Draw, augment and preprocess one step's batch with ``rng`` (the config's pipeline).
+
+    ``keep_colour``: also return each tile as it was before the augmentation grayed it (the
+    gray teacher's input). ``fixed``: the run trains the fixed inference prompt, so no host
+    copy of the masks is made for box prompts.
+    """
+    import torch
+
+    from sat_seg_ros.backends import preprocess_tiles
+
+    if on_device is not None:
+        chosen = sample_ids_vectorized(pool, config, rng, hardness, on_device.groups)
+        index = torch.from_numpy(chosen).to(device)
+        target = on_device.masks[index].float() / 255.0
+        if on_device.teacher is not None:  # augmented with the mask: (B, t, t, 2)
+            target = torch.stack([target, on_device.teacher[index].float() / 255.0], -1)
+        tiles = on_device.tiles[index].float()
+        if config.augment:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(rng.integers(2 ** 62)))
+            tiles, target, *kept = augment_torch(
+                tiles, target, generator, config.invert_probability, config.gray_fraction,
+                config.color_gain, config.channel_gamma, keep_colour=keep_colour)
+        batch = Batch(chosen, preprocess_torch(tiles, pixel_size))
+        if keep_colour:
+            batch.colour_pixels, batch.grayed = preprocess_torch(kept[0], pixel_size), kept[1]
+        if on_device.teacher is not None:
+            target, batch.taught = target[..., 0], target[..., 1]
+        batch.target, batch.masks = target, None if fixed else target.cpu().numpy()
+        return batch
+    tiles, masks, chosen, *kept = sample_batch(pool, config, rng, hardness,
+                                               keep_colour=keep_colour)
+    batch = Batch(chosen, _model_input(preprocess_tiles(
+        tiles if tiles.ndim == 4 else tiles[..., None], pixel_size), device))
+    if keep_colour:
+        batch.colour_pixels = _model_input(preprocess_tiles(kept[0], pixel_size), device)
+        batch.grayed = torch.from_numpy(kept[1]).to(device)
+    if pool.teacher is not None:  # sample_batch augmented them with the mask
+        masks, batch.taught = masks[..., 0], torch.from_numpy(
+            np.ascontiguousarray(masks[..., 1])).to(device)
+    batch.masks, batch.target = masks, torch.from_numpy(np.ascontiguousarray(masks)).to(device)
+    return batch
+
+
+def supervised_loss(config: TrainConfig, low_res, dense, target, near):
+    """Return the loss of the mask logits and of the dense head's against ``target``.
+
+    Either output may be None (stage 'dense' has no mask logits; a run without a dense head no
+    dense logits). Also returns the logits at the target's size that the hard-tile scores are
+    read from: the mask decoder's, or the dense head's where it is alone. ``near``: what the
+    peak and rank losses exclude around satellites (``satellite_surroundings``), or None.
+    """
+    import torch
+
+    def to_target(low):
+        return torch.nn.functional.interpolate(low[:, None], size=target.shape[-2:],
+                                               mode='bilinear', align_corners=False)[:, 0]
+
+    value, logits = 0.0, None
+    if low_res is not None:
+        logits = to_target(low_res)
+        value = segmentation_loss(config.loss, logits, target, config.pos_weight,
+                                  config.dice_weight, config.peak_weight, config.peak_pixels,
+                                  near)
+        if config.rank_weight > 0:
+            value = value + config.rank_weight * rank_loss(logits, target, config.rank_margin,
+                                                           near)
+    if dense is not None:
+        dense_logits = to_target(dense)
+        dense_loss = segmentation_loss(config.loss, dense_logits, target, config.pos_weight,
+                                       config.dice_weight, config.peak_weight,
+                                       config.peak_pixels, near)
+        value = dense_loss if low_res is None else value + config.dense_weight * dense_loss
+        if low_res is None:
+            logits = dense_logits
+    return value, logits
+
+
+@dataclasses.dataclass
+class Learner:
+    """What a step trains and how: the network it runs, the frozen teachers, the settings."""
+
+    config: TrainConfig
+    accelerator: Any
+    net: Any                 # what runs a batch: the training net, the predictor or the model
+    teacher: Any             # gray_teacher_weight > 0: the starting encoder, frozen
+    view_teacher: Any        # view_teacher_weight > 0: the starting predictor, frozen
+    precision: str           # 'bf16' or 'fp32', resolved
+    training_net: bool       # net returns (mask logits, dense logits, embeddings)
+    fixed: bool              # train_prompt 'inference': net takes the pixels alone
+    track_misses: bool       # hard_positive_fraction > 0: positives' miss scores are kept
+    term_names: List[str]    # the teacher terms in use, as logged
+
+
+def chunk_loss_of(learner: Learner, batch: Batch, boxes, views, peaks: np.ndarray,
+                  misses: np.ndarray, terms: Dict[str, list]):
+    """Return ``chunk_loss(rows, scale)`` of one step's batch for ``_forward_backward``.
+
+    Each call runs the forward pass on its rows, adds every loss term in use, runs the backward
+    pass times ``scale`` (the chunk's share of the batch) and returns the chunk's loss. Per row
+    it keeps what the model did, for the hard-tile draws, in ``peaks`` (the peak probability)
+    and ``misses`` (a positive's miss score), and per teacher term its value times the share
+    in ``terms`` (list appends: thread-safe).
+    """
+    import torch
+
+    config, accelerator = learner.config, learner.accelerator
+
+    def chunk_loss(rows: slice, backward_scale: float):
+        dense = embeddings = None
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
+                            enabled=learner.precision == 'bf16'):
+            if learner.training_net:
+                low_res, dense, embeddings = learner.net(batch.pixels[rows])
+            elif learner.fixed:
+                low_res = learner.net(batch.pixels[rows])
+            else:
+                low_res = learner.net(pixel_values=batch.pixels[rows], input_boxes=boxes[rows],
+                                      multimask_output=False).pred_masks[:, 0, 0]
+        # The losses in fp32 whatever the forward pass ran in.
+        low_res = None if low_res is None else low_res.float()
+        dense = None if dense is None else dense.float()
+        target = batch.target[rows]
+        # What the peak loss excludes around satellites, once for both losses (validate()
+        # allows peak_weight > 0 with loss 'bce_dice' only).
+        near = (satellite_surroundings(target)
+                if config.peak_weight > 0 or config.rank_weight > 0 or learner.track_misses
+                else None)
+        value, logits = supervised_loss(config, low_res, dense, target, near)
+        if learner.teacher is not None:
+            term = gray_teacher_loss(learner.teacher, embeddings, batch.colour_pixels[rows],
+                                     batch.grayed[rows], learner.precision)
+            value = value + config.gray_teacher_weight * term
+            terms['gray_teacher'].append(float(term.detach()) * backward_scale)
+        if learner.view_teacher is not None:
+            term = view_teacher_loss(learner.view_teacher, low_res, batch.pixels[rows],
+                                     views[rows], learner.precision)
+            value = value + config.view_teacher_weight * term
+            terms['view_teacher'].append(float(term.detach()) * backward_scale)
+        if config.scene_teacher_weight > 0:
+            term = torch.nn.functional.binary_cross_entropy_with_logits(logits,
+                                                                        batch.taught[rows])
+            value = value + config.scene_teacher_weight * term
+            terms['scene_teacher'].append(float(term.detach()) * backward_scale)
+        flat = logits.detach().flatten(1)
+        peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
+        if learner.track_misses:
+            misses[rows] = miss_scores(flat, target.flatten(1) > 0.5, near).numpy()
+        accelerator.backward(value * backward_scale)
+        return value.detach()
+
+    return chunk_loss
+
+
 def train(config: TrainConfig, resume: bool = True, progress: bool = True,
           stop_at_step: int = 0) -> Dict[str, Any]:
     """Run (or resume) training; return the final summary (also written to summary.json).
@@ -531,7 +852,6 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from sat_seg_ros.backends import preprocess_tiles
     from sat_seg_ros.backends.torch_backend import SamTilePredictor
 
     torch.set_num_threads(config.threads)
@@ -546,56 +866,16 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    checkpoint = None
-    if resume and (out / 'last.pt').is_file():
-        checkpoint = read_checkpoint(out / 'last.pt')
-        current = dataclasses.asdict(config)
-        # Settings added after the checkpoint was written count as unchanged, and so do the
-        # ones that say where and how long it runs, not what it computes (e.g. continue a run
-        # with more threads once a second run has finished).
-        stored = {key: value for key, value in stored_config(checkpoint, out / 'last.pt').items()
-                  if key not in RUN_ONLY_SETTINGS}
-        if dict(current, **stored) != current:
-            raise ValueError('%s/last.pt was written with a different config; use another '
-                             'out_dir or pass --no-resume to start over' % out)
-        model, head_state = model_from_checkpoint(checkpoint), checkpoint.get('dense_head')
-    else:
-        model, head_state = load_initial_model(config)
-    head = None
-    if config.stage == 'dense' or config.dense_weight > 0:
-        head = dense_head(model)
-        if head_state is not None:
-            head.load_state_dict(head_state)
-    # The frozen teachers are copies of the start: a fresh start's model is the start itself;
-    # a resumed one has moved on, so the start is read again (once, for both).
-    start = None
-    if config.gray_teacher_weight > 0 or config.view_teacher_weight > 0:
-        start = model if checkpoint is None else load_initial_model(config)[0]
-    teacher = None  # gray_teacher_weight > 0: the starting model's encoder, frozen
-    if config.gray_teacher_weight > 0:
-        teacher = copy.deepcopy(start.vision_encoder).eval()
-        teacher.requires_grad_(False)
-        teacher.to(accelerator.device)
-    view_teacher = None  # view_teacher_weight > 0: the starting model's predictor, frozen
-    if config.view_teacher_weight > 0:
-        view_teacher = SamTilePredictor(copy.deepcopy(start), config.prompt_mode,
-                                        config.grid_points).eval()
-        view_teacher.requires_grad_(False)
-        view_teacher.to(accelerator.device)
+    checkpoint = resumable_checkpoint(config, out) if resume else None
+    model, head = start_model(config, checkpoint)
+    teacher, view_teacher = frozen_teachers(config, model, checkpoint, accelerator.device)
     trainable = apply_freeze(model, config.freeze)
     # The whole model on the training device, not only the parts a step runs: the prompt
     # encoder computes the validation predictor's fixed prompt where the decoder runs.
     model.to(accelerator.device)
     if head is not None:
         head.to(accelerator.device)
-    ema = None  # ema_decay > 0: the moving average of the weights, what the run validates
-    if config.ema_decay > 0:
-        ema = copy.deepcopy(model).eval()
-        ema.requires_grad_(False)
-        if checkpoint is not None and checkpoint.get('ema') is not None:
-            ema.load_state_dict(checkpoint['ema'])
-        elif checkpoint is not None:
-            LOG.info('%s/last.pt has no moving average: it starts from its weights', out)
+    ema = moving_average(config, model, checkpoint, out)
 
     def cut_pool(pool_round):
         """Return round ``pool_round``'s pool and its digest (at start and at each renewal)."""
@@ -632,29 +912,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     # Per pool tile, what the model last did on it: a negative's peak probability, a
     # positive's miss score (hard_positive_fraction); 1 = not seen yet.
     hardness = np.ones(len(pool.tiles), np.float32)
-    if config.stage == 'dense':
-        # The mask decoder takes no part in stage 'dense': train the encoder and the head only.
-        named = [('vision_encoder.' + n, p) for n, p in model.vision_encoder.named_parameters()]
-    else:
-        named = list(model.named_parameters())
-    if head is not None:
-        named += [('dense_head.' + n, p) for n, p in head.named_parameters()]
-    trained = parameter_groups([(n, p) for n, p in named if p.requires_grad], config.lr_scale)
-    rate_factors = [group['lr_scale'] for group in trained]
-    trained_parameters = [p for group in trained for p in group['params']]
-    optimizer_class = torch.optim.AdamW if config.optimizer == 'adamw' else torch.optim.Adam
-    decay = config.weight_decay if config.optimizer == 'adamw' else 0.0
-    optimizer = optimizer_class(trained, lr=config.lr, weight_decay=decay)
+    optimizer, rate_factors, trained_parameters = make_optimizer(config, model, head)
     step, best, history = 0, {'accuracy': -1.0, 'mean_iou': -1.0, 'step': -1}, []
     if checkpoint is not None:
-        saved = [len(group['params']) for group in checkpoint['optimizer']['param_groups']]
-        sizes = [len(group['params']) for group in trained]
-        if saved != sizes:
-            raise ValueError('%s/last.pt was trained with other parameter groups (sizes %s) '
-                             'than lr_scale=%r makes (%s): resume with the lr_scale it was '
-                             'started with, or start over (--no-resume)'
-                             % (out, saved, config.lr_scale, sizes))
-        optimizer.load_state_dict(checkpoint['optimizer'])
+        restore_optimizer(optimizer, checkpoint, config, out)
         step, best, history = checkpoint['step'], checkpoint['best'], checkpoint['history']
         started -= checkpoint.get('elapsed_s', 0.0)
         if 'hardness' in checkpoint and not renew_due:  # a new round starts afresh
@@ -676,16 +937,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms
 
-    def on_device(pool):
-        if config.pipeline != 'torch':
-            return None, None, None, None
-        # The whole pool on the training device (uint8), drawn from and augmented there.
-        taught = None if pool.teacher is None else torch.from_numpy(pool.teacher).to(device)
-        return (pool_groups(pool, len(config.model_sizes)),
-                torch.from_numpy(pool.tiles).to(device), torch.from_numpy(pool.masks).to(device),
-                taught)
-
-    groups, pool_tiles, pool_masks, pool_teacher = on_device(pool)
+    on_device = pool_on_device(pool, config, device)
     net.train()
     workers = config.workers if accelerator.device.type == 'cpu' else 1
     worker_threads = max(1, config.threads // workers)
@@ -695,6 +947,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if workers > 1:
         LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
                  workers, worker_threads)
+    # The teacher terms in use; each log line carries each alone (unweighted).
+    term_names = [name for name, on in (('gray_teacher', teacher is not None),
+                                        ('view_teacher', view_teacher is not None),
+                                        ('scene_teacher', config.scene_teacher_weight > 0))
+                  if on]
+    learner = Learner(config, accelerator, net, teacher, view_teacher, precision, training_net,
+                      fixed, track_misses=config.hard_positive_fraction > 0,
+                      term_names=term_names)
 
     def save(kind: str) -> None:
         state = {'model': accelerator.unwrap_model(model).state_dict(),
@@ -708,147 +968,43 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
             state['dense_head'] = head.state_dict()
         if ema is not None:
             state['ema'] = ema.state_dict()
-        # Temp file, fsync, rename: a run killed at any moment (SIGKILL, power) leaves either
-        # the previous checkpoint or the new one, never half of one.
-        tmp = out / ('.%s.pt.tmp' % kind)
-        with open(tmp, 'wb') as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, out / ('%s.pt' % kind))
+        write_checkpoint(state, out / ('%s.pt' % kind))
 
-    track_misses = config.hard_positive_fraction > 0  # positives' miss scores into hardness
     bar = tqdm(total=steps, initial=step, disable=not progress or not accelerator.is_main_process,
                desc=config.name, dynamic_ncols=True)
-    # Per teacher term in use, its value at each step since the last log line (unweighted).
-    term_names = [name for name, on in (('gray_teacher', teacher is not None),
-                                        ('view_teacher', view_teacher is not None),
-                                        ('scene_teacher', config.scene_teacher_weight > 0))
-                  if on]
+    # Per teacher term, its value at each step since the last log line (unweighted).
     running, running_terms = [], {name: [] for name in term_names}
     stop_reason = 'done'
     loop_started = time.time() - (checkpoint or {}).get('loop_elapsed_s', 0.0)
     rate_mark = None  # plan_minutes: (step, time) where the rate measurement starts
     while step < steps:
         rng = np.random.default_rng([config.seed, step, accelerator.process_index])
-        if config.pipeline == 'torch':
-            chosen = sample_ids_vectorized(pool, config, rng, hardness, groups)
-            index = torch.from_numpy(chosen).to(device)
-            target = pool_masks[index].float() / 255.0
-            if pool_teacher is not None:  # augmented with the mask: (B, t, t, 2)
-                target = torch.stack([target, pool_teacher[index].float() / 255.0], -1)
-            tiles = pool_tiles[index].float()
-            if config.augment:
-                generator = torch.Generator(device=device)
-                generator.manual_seed(int(rng.integers(2 ** 62)))
-                tiles, target, *kept = augment_torch(
-                    tiles, target, generator, config.invert_probability, config.gray_fraction,
-                    config.color_gain, config.channel_gamma, keep_colour=teacher is not None)
-            pixels = preprocess_torch(tiles, pixel_size)
-            if teacher is not None:
-                colour_pixels, grayed = preprocess_torch(kept[0], pixel_size), kept[1]
-            if pool_teacher is not None:
-                target, taught = target[..., 0], target[..., 1]
-            masks = None if fixed else target.cpu().numpy()
-        else:
-            tiles, masks, chosen, *kept = sample_batch(pool, config, rng, hardness,
-                                                       keep_colour=teacher is not None)
-            pixels = _model_input(preprocess_tiles(
-                tiles if tiles.ndim == 4 else tiles[..., None], pixel_size), device)
-            if teacher is not None:
-                colour_pixels = _model_input(preprocess_tiles(kept[0], pixel_size), device)
-                grayed = torch.from_numpy(kept[1]).to(device)
-            if pool.teacher is not None:  # sample_batch augmented them with the mask
-                masks, taught = masks[..., 0], torch.from_numpy(
-                    np.ascontiguousarray(masks[..., 1])).to(device)
-            target = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
+        batch = draw_batch(config, pool, on_device, rng, hardness, pixel_size, device, fixed,
+                           keep_colour=teacher is not None)
         for group, factor in zip(optimizer.param_groups, rate_factors):
             group['lr'] = learning_rate(config, step, steps) * factor
         boxes = None if fixed else torch.from_numpy(
-            jittered_boxes(masks, input_size, config.box_jitter, rng)).to(accelerator.device)
+            jittered_boxes(batch.masks, input_size, config.box_jitter, rng)).to(device)
         views = None if view_teacher is None else torch.from_numpy(
-            rng.integers(0, 4, len(pixels))).to(device)
-
-        peaks = np.zeros(len(chosen), np.float32)
-        misses = np.ones(len(chosen), np.float32)
-
-        def to_target(low_res):
-            return torch.nn.functional.interpolate(
-                low_res[:, None], size=target.shape[-2:], mode='bilinear',
-                align_corners=False)[:, 0]
-
-        def chunk_loss(rows: slice, backward_scale: float):
-            dense = embeddings = None
-            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
-                                enabled=precision == 'bf16'):
-                if training_net:
-                    low_res, dense, embeddings = net(pixels[rows])
-                elif fixed:
-                    low_res = net(pixels[rows])
-                else:
-                    low_res = net(pixel_values=pixels[rows], input_boxes=boxes[rows],
-                                  multimask_output=False).pred_masks[:, 0, 0]
-            # The losses in fp32 whatever the forward pass ran in.
-            low_res = None if low_res is None else low_res.float()
-            dense = None if dense is None else dense.float()
-            value = 0.0
-            # What the peak loss excludes around satellites, once for both losses (validate()
-            # allows peak_weight > 0 with loss 'bce_dice' only).
-            near = (satellite_surroundings(target[rows])
-                    if config.peak_weight > 0 or config.rank_weight > 0 or track_misses
-                    else None)
-            if low_res is not None:
-                logits = to_target(low_res)
-                value = segmentation_loss(config.loss, logits, target[rows], config.pos_weight,
-                                          config.dice_weight, config.peak_weight,
-                                          config.peak_pixels, near)
-                if config.rank_weight > 0:
-                    value = value + config.rank_weight * rank_loss(
-                        logits, target[rows], config.rank_margin, near)
-            if dense is not None:
-                dense_logits = to_target(dense)
-                dense_loss = segmentation_loss(config.loss, dense_logits, target[rows],
-                                               config.pos_weight, config.dice_weight,
-                                               config.peak_weight, config.peak_pixels, near)
-                value = dense_loss if low_res is None else value + (
-                    config.dense_weight * dense_loss)
-                if low_res is None:
-                    logits = dense_logits
-            if teacher is not None:
-                term = gray_teacher_loss(teacher, embeddings, colour_pixels[rows], grayed[rows],
-                                         precision)
-                value = value + config.gray_teacher_weight * term
-                step_terms['gray_teacher'].append(float(term.detach()) * backward_scale)
-            if view_teacher is not None:
-                term = view_teacher_loss(view_teacher, low_res, pixels[rows], views[rows],
-                                         precision)
-                value = value + config.view_teacher_weight * term
-                step_terms['view_teacher'].append(float(term.detach()) * backward_scale)
-            if config.scene_teacher_weight > 0:
-                term = torch.nn.functional.binary_cross_entropy_with_logits(logits,
-                                                                            taught[rows])
-                value = value + config.scene_teacher_weight * term
-                step_terms['scene_teacher'].append(float(term.detach()) * backward_scale)
-            flat = logits.detach().flatten(1)
-            peaks[rows] = torch.sigmoid(flat.amax(1)).cpu().numpy()
-            if track_misses:
-                misses[rows] = miss_scores(flat, target[rows].flatten(1) > 0.5, near).numpy()
-            accelerator.backward(value * backward_scale)
-            return value.detach()
-
-        optimizer.zero_grad(set_to_none=True)
-        # Each teacher term of each chunk, scaled by its share (lists: thread-safe appends).
+            rng.integers(0, 4, len(batch.pixels))).to(device)
+        peaks = np.zeros(len(batch.chosen), np.float32)
+        misses = np.ones(len(batch.chosen), np.float32)
+        # Each teacher term of each chunk, scaled by its share.
         step_terms = {name: [] for name in term_names}
-        loss = _forward_backward(chunk_loss, len(pixels), workers, worker_threads)
+        optimizer.zero_grad(set_to_none=True)
+        loss = _forward_backward(
+            chunk_loss_of(learner, batch, boxes, views, peaks, misses, step_terms),
+            len(batch.pixels), workers, worker_threads)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(trained_parameters, config.grad_clip)
         optimizer.step()
         if ema is not None:
             update_ema(ema, accelerator.unwrap_model(model), ema_decay_at(config.ema_decay,
                                                                           step + 1))
+        chosen = batch.chosen
         negative_rows = ~pool.positive[chosen]
         hardness[chosen[negative_rows]] = peaks[negative_rows]
-        if track_misses:
+        if learner.track_misses:
             hardness[chosen[~negative_rows]] = misses[~negative_rows]
         step += 1
         running.append(float(loss.detach()))
@@ -862,10 +1018,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         if renew_due and not stopping:  # a stopping run leaves the renewal to its resume
             renew_due = False
             # Free the old pool first: two would not fit where one nearly fills the memory.
-            pool = groups = pool_tiles = pool_masks = pool_teacher = None
+            pool = on_device = batch = None
             pool_round += 1
             pool, data_digest = cut_pool(pool_round)
-            groups, pool_tiles, pool_masks, pool_teacher = on_device(pool)
+            on_device = pool_on_device(pool, config, device)
             hardness = np.ones(len(pool.tiles), np.float32)
             LOG.info('step %d: pool renewed (round %d): %d tiles (%d positive)', step,
                      pool_round, len(pool.tiles), int(pool.positive.sum()))
