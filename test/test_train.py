@@ -722,11 +722,13 @@ def test_two_cpu_workers_give_the_full_batch_gradient(tmp_path):
         torch.testing.assert_close(single, split, rtol=1e-5, atol=1e-7)
 
 
-def test_a_two_worker_run_is_deterministic_and_learns(tmp_path):
+@pytest.mark.parametrize('architecture', ['test-micro', 'test-cnn'])
+def test_a_two_worker_run_is_deterministic_and_learns(tmp_path, architecture):
+    """Weights, optimizer and, for the CNN encoder, its BatchNorm statistics: the same bits."""
     import torch
 
-    runs = [micro_config(tmp_path / name, steps=30, workers=2, positive_fraction=0.5)
-            for name in ('a', 'b')]
+    runs = [micro_config(tmp_path / name, steps=30, workers=2, threads=2, positive_fraction=0.5,
+                         architecture=architecture) for name in ('a', 'b')]
     for config in runs:
         train(config, progress=False)
     a, b = final_state(runs[0].out_dir), final_state(runs[1].out_dir)
@@ -735,6 +737,12 @@ def test_a_two_worker_run_is_deterministic_and_learns(tmp_path):
     history = read_checkpoint(Path(runs[0].out_dir) / 'last.pt')['history']
     losses = [h['loss'] for h in history if 'loss' in h]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_a_two_worker_cnn_run_resumes_exactly(tmp_path):
+    """The BatchNorm statistics of a run split over two workers resume bit for bit too."""
+    assert_resumes_exactly(tmp_path, lambda folder: micro_config(
+        folder, steps=6, workers=2, threads=2, architecture='test-cnn', positive_fraction=0.5))
 
 
 KILL_SCRIPT = """

@@ -16,6 +16,7 @@ continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 import copy
 import dataclasses
 import json
@@ -355,7 +356,7 @@ def apply_freeze(model, prefixes: Sequence[str]) -> int:
     return trainable
 
 
-def _forward_backward(chunk_loss, batch: int, workers: int, threads: int):
+def _forward_backward(chunk_loss, batch: int, workers: int, threads: int, statistics=None):
     """Run ``chunk_loss(rows, scale)`` over the batch; return the batch loss (a tensor).
 
     With ``workers`` > 1 the batch is split into that many row ranges that run forward and
@@ -363,7 +364,10 @@ def _forward_backward(chunk_loss, batch: int, workers: int, threads: int):
     kernels and accumulates the gradients of the shared parameters under its own lock). Each
     chunk's loss is scaled by its share of the batch, so the gradient is the batch mean's for
     the pixel terms; Dice averages over each chunk's positive tiles. Two chunks sum in either
-    order to the same bits, so a step stays deterministic.
+    order to the same bits, so a step stays deterministic. The model's BatchNorm layers would
+    race to fold each chunk's statistics into their running ones: ``statistics`` (a
+    ``bn_statistics.BatchStatistics`` of the model) makes that update once, from the whole
+    batch, after the chunks have run.
     """
     import torch
 
@@ -376,15 +380,18 @@ def _forward_backward(chunk_loss, batch: int, workers: int, threads: int):
 
     def run(index: int):
         torch.set_num_threads(threads)
-        return chunk_loss(rows[index], scales[index])
+        with (contextlib.nullcontext() if statistics is None
+              else statistics.chunk(rows[index].start)):
+            return chunk_loss(rows[index], scales[index])
 
     previous = torch.get_num_threads()
-    with ThreadPoolExecutor(workers - 1) as pool:
-        futures = [pool.submit(run, index) for index in range(1, workers)]
-        try:
-            losses = [run(0)] + [future.result() for future in futures]
-        finally:
-            torch.set_num_threads(previous)
+    with contextlib.nullcontext() if statistics is None else statistics.step():
+        with ThreadPoolExecutor(workers - 1) as pool:
+            futures = [pool.submit(run, index) for index in range(1, workers)]
+            try:
+                losses = [run(0)] + [future.result() for future in futures]
+            finally:
+                torch.set_num_threads(previous)
     return sum(loss * scale for loss, scale in zip(losses, scales))
 
 
@@ -947,6 +954,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     if workers > 1:
         LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
                  workers, worker_threads)
+    # workers > 1: the BatchNorm layers' running statistics from each step's whole batch
+    statistics = None
+    if workers > 1:
+        from sat_seg_training.bn_statistics import BatchStatistics
+
+        statistics = BatchStatistics([model] + ([head] if head is not None else [])) or None
     # The teacher terms in use; each log line carries each alone (unweighted).
     term_names = [name for name, on in (('gray_teacher', teacher is not None),
                                         ('view_teacher', view_teacher is not None),
@@ -994,7 +1007,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
         optimizer.zero_grad(set_to_none=True)
         loss = _forward_backward(
             chunk_loss_of(learner, batch, boxes, views, peaks, misses, step_terms),
-            len(batch.pixels), workers, worker_threads)
+            len(batch.pixels), workers, worker_threads, statistics)
         if config.grad_clip > 0:
             accelerator.clip_grad_norm_(trained_parameters, config.grad_clip)
         optimizer.step()
