@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sat_seg_training.train import (model_weights, read_checkpoint, stored_config,
-                                    stored_model_config)
+                                    stored_model_config, write_checkpoint)
 
 #: What an averaged checkpoint keeps: the weights and what export and init_from read. The
 #: optimizer's moments belong to one run and are not averaged.
@@ -74,8 +74,6 @@ def average_checkpoints(paths: Sequence[os.PathLike | str], out: os.PathLike | s
     Nothing is written unless every check passes; the file appears whole (written beside it,
     then renamed).
     """
-    import torch
-
     names = [str(path) for path in paths]
     if len(names) < 2:
         raise ValueError('averaging needs at least two checkpoints, got %d' % len(names))
@@ -110,7 +108,5 @@ def average_checkpoints(paths: Sequence[os.PathLike | str], out: os.PathLike | s
                                for path, c, share in zip(names, checkpoints, shares)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + '.partial')
-    torch.save(result, str(partial))
-    os.replace(partial, out)
+    write_checkpoint(result, out)
     return out

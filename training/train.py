@@ -786,7 +786,6 @@ class Learner:
     training_net: bool       # net returns (mask logits, dense logits, embeddings)
     fixed: bool              # train_prompt 'inference': net takes the pixels alone
     track_misses: bool       # hard_positive_fraction > 0: positives' miss scores are kept
-    term_names: List[str]    # the teacher terms in use, as logged
 
 
 def chunk_loss_of(learner: Learner, batch: Batch, boxes, views, peaks: np.ndarray,
@@ -966,8 +965,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
                                         ('scene_teacher', config.scene_teacher_weight > 0))
                   if on]
     learner = Learner(config, accelerator, net, teacher, view_teacher, precision, training_net,
-                      fixed, track_misses=config.hard_positive_fraction > 0,
-                      term_names=term_names)
+                      fixed, track_misses=config.hard_positive_fraction > 0)
 
     def save(kind: str) -> None:
         state = {'model': accelerator.unwrap_model(model).state_dict(),
