@@ -950,14 +950,12 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True,
     precision = resolve_precision(config.precision, accelerator.device.type)
     LOG.info('precision: %s%s', precision,
              ' (auto)' if config.precision == 'auto' else '')
-    if workers > 1:
-        LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
-                 workers, worker_threads)
-    # workers > 1: the BatchNorm layers' running statistics from each step's whole batch
-    statistics = None
+    statistics = None  # workers > 1: BatchNorm's running statistics from each whole batch
     if workers > 1:
         from sat_seg_training.bn_statistics import BatchStatistics
 
+        LOG.info('each step: %d CPU workers x %d thread(s), the batch split between them',
+                 workers, worker_threads)
         statistics = BatchStatistics([model] + ([head] if head is not None else [])) or None
     # The teacher terms in use; each log line carries each alone (unweighted).
     term_names = [name for name, on in (('gray_teacher', teacher is not None),
